@@ -1,0 +1,3 @@
+"""alignflow: an LLM post-training pipeline on Prefect. See README.md."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Pipeline specs per environment; `demo.yaml` runs anywhere."""

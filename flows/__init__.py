@@ -1,0 +1,1 @@
+"""The pipeline's flows, its spec and its command line."""

@@ -1,0 +1,104 @@
+"""The `alignflow` command line. Fast to start: torch, TRL and Prefect load only when a command needs them.
+
+    alignflow run SPEC.yaml [--set stages.dpo.beta=0.2 ...] [--store PATH_OR_URI]
+    alignflow demo [--set ...] [--store ...]
+    alignflow serve ls
+    alignflow serve stop NAME | --all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from alignflow.errors import AlignflowError
+
+DEMO_SPEC = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
+EXIT_REJECTED = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignflow", description="LLM post-training pipeline on Prefect.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline spec end to end")
+    run.add_argument("spec", help="pipeline spec (YAML), e.g. deployments/demo.yaml")
+    demo = sub.add_parser("demo", help="run the built-in demo pipeline (tiny model, synthetic task)")
+    for p in (run, demo):
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, e.g. --set stages.dpo.beta=0.2 (repeatable)")
+        p.add_argument("--store", help="artifact store: a folder or s3://bucket/prefix (overrides the spec)")
+        p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the run summary as JSON")
+
+    serve = sub.add_parser("serve", help="list or stop the model servers started by deploy")
+    serve_sub = serve.add_subparsers(dest="serve_command", required=True)
+    serve_sub.add_parser("ls", help="list servers")
+    stop = serve_sub.add_parser("stop", help="stop a server")
+    stop.add_argument("name", nargs="?", help="pipeline name of the server to stop")
+    stop.add_argument("--all", action="store_true", help="stop every server")
+    return parser
+
+
+def quiet_prefect() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
+
+
+def cmd_run(args) -> int:
+    from flows.spec import load_spec
+
+    spec = load_spec(args.spec if args.command == "run" else DEMO_SPEC, args.overrides, args.store)
+    if "://" not in spec.store:  # the flow may run elsewhere (a worker): pin the folder now
+        spec.store = str(Path(spec.store).expanduser().resolve())
+    quiet_prefect()
+    from flows.post_train import run_pipeline
+    from flows.summary import render
+
+    summary = run_pipeline(spec)
+    print("\n" + render(summary))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    return EXIT_REJECTED if summary["status"].startswith("rejected") else 0
+
+
+def cmd_serve(args) -> int:
+    from flows.summary import format_table
+    from tasks.deploy import all_states, describe, read_state, stop_server
+
+    if args.serve_command == "ls":
+        rows = [describe(s) for s in all_states()]
+        print(format_table(rows, ["name", "status", "endpoint", "pid", "model", "digest"]) if rows else "no servers")
+        return 0
+    if not args.all and not args.name:
+        raise AlignflowError("serve stop: name a server (see `alignflow serve ls`) or pass --all")
+    states = all_states() if args.all else [s for s in [read_state(args.name)] if s]
+    if not states:
+        raise AlignflowError(f"serve stop: no server named {args.name!r}; `alignflow serve ls` lists them")
+    for state in states:
+        stop_server(state)
+        print(f"stopped {state['name']} (pid {state['pid']}, {state['endpoint']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_serve(args) if args.command == "serve" else cmd_run(args)
+    except AlignflowError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The post-training flow: base model and raw data in, an evaluated, gated, served model out.
+
+    download_model -> convert_dataset (sft, preference, eval) -> train_sft -> train_reward_model
+      -> train_dpo -> merge -> quantize -> evaluate (candidate and base) -> gate -> deploy
+
+Stages absent from the spec are skipped; each stage receives the newest model so far. Every stage is a
+cached, retried task (tasks/stage.py); this file only orchestrates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.spec import PipelineSpec, parse_spec
+from flows.summary import Steps
+from storage.store import default_cache_dir
+from tasks.convert import convert_dataset
+from tasks.deploy import deploy
+from tasks.download import download_model, source_fingerprint
+from tasks.dpo import train_dpo
+from tasks.evaluate import evaluate
+from tasks.gate import PRODUCTION, gate
+from tasks.merge import merge
+from tasks.quantize import quantize
+from tasks.reward import train_reward_model
+from tasks.sft import train_sft
+from tasks.stage import RunContext
+
+
+@flow(name="post-train")
+def post_train(spec: dict) -> dict:
+    """Run the pipeline described by `spec` (a PipelineSpec as a dict) and return its summary."""
+    spec = parse_spec(spec)
+    run = RunContext(spec.name, spec.store, str(default_cache_dir()))
+    steps, stages = Steps(spec.retry), spec.stages
+    summary = {"name": spec.name, "store": spec.store, "status": "completed", "steps": steps.rows}
+
+    base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
+    data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source),
+                             label=f"convert_dataset[{split}]")
+            for split, source in asdict(spec.data).items() if source}
+    model = base
+    if stages.sft:
+        model = steps.run(train_sft, run, model, data["sft"], stages.sft)
+    if stages.reward:
+        steps.run(train_reward_model, run, model, data["preference"], stages.reward)
+    if stages.dpo:
+        model = steps.run(train_dpo, run, model, data["preference"], stages.dpo)
+    if model.kind == "adapter":
+        model = steps.run(merge, run, model, any_split(data), stages.merge)
+    if stages.quantize and stages.quantize.method != "none":
+        model = steps.run(quantize, run, model, data.get("sft") or any_split(data), stages.quantize)
+    summary.update(model=model.label, digest=model.digest)
+
+    if stages.evaluate:
+        report = steps.run(evaluate, run, model, data["eval"], stages.evaluate, "candidate",
+                           label="evaluate[candidate]")
+        base_report = steps.run(evaluate, run, base, data["eval"], stages.evaluate, "base", label="evaluate[base]")
+        summary["scores"] = {"metric": report.metrics["metric"], "candidate": report.metrics["score"],
+                             "base": base_report.metrics["score"]}
+        if stages.gate:
+            decision = steps.run(gate, run, report, base_report, stages.gate)
+            if not decision["passed"]:
+                get_run_logger().warning("gate rejected %s: %s", model.label, "; ".join(decision["reasons"]))
+                return dict(summary, status="rejected by gate", reasons=decision["reasons"])
+    if stages.deploy:
+        deployment = steps.run(deploy, run, model, stages.deploy, data.get("eval") or any_split(data))
+        summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label)
+        promote(run, model, report if stages.evaluate else None)
+    return summary
+
+
+def any_split(data: dict):
+    return data.get("eval") or data.get("sft") or data.get("preference")
+
+
+def promote(run: RunContext, model, report) -> None:
+    """Mark what is now served as production: the model and the report it was judged by."""
+    store = run.open_store()
+    store.promote(model, PRODUCTION)
+    if report is not None:
+        store.promote(report, PRODUCTION)
+
+
+def run_pipeline(spec: PipelineSpec) -> dict:
+    """Run the flow in this process, keeping Prefect's results and cache records beside the artifacts."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    results = Path(spec.store) / "prefect-results"
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results)}):
+        return post_train(spec.to_dict())

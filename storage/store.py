@@ -1,0 +1,240 @@
+"""The artifact store: what stages upload their outputs to and download their inputs from.
+
+Layout (the same on every backend):
+    blobs/sha256/ab/cdef...              file contents, written once, verified on read
+    manifests/sha256/<hex>.json          a directory: sorted {relpath: {sha256, size}}, kind, metadata, lineage
+    artifacts/<name>/versions/<n>.json   version n -> manifest digest (written once)
+    artifacts/<name>/aliases/<a>.json    mutable pointer, changed by compare-and-swap
+
+A manifest is written after its blobs and a version after its manifest, so a crash never leaves a
+visible half artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path, PurePosixPath
+
+from alignflow.errors import ConflictError, StorageError
+from storage.backends import Backend, ObjectNotFound, backend_for
+from storage.refs import ArtifactRef
+
+CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def blob_key(hexdigest: str) -> str:
+    return f"blobs/sha256/{hexdigest[:2]}/{hexdigest[2:]}"
+
+
+def manifest_key(digest: str) -> str:
+    return f"manifests/sha256/{digest.removeprefix('sha256:')}.json"
+
+
+def _relpath(path: Path, root: Path) -> str:
+    rel = PurePosixPath(path.relative_to(root).as_posix())
+    if rel.is_absolute() or ".." in rel.parts:
+        raise StorageError(f"refusing to store {path}: it resolves outside {root}")
+    return str(rel)
+
+
+class ArtifactStore:
+    """Versioned, content-addressed artifacts over one backend, with a local download cache."""
+
+    def __init__(self, backend: Backend, cache_dir: str | Path):
+        self.backend = backend
+        self.cache_dir = Path(cache_dir).expanduser().resolve()
+
+    @property
+    def uri(self) -> str:
+        return self.backend.uri
+
+    # ---- writing ---------------------------------------------------------------------------------
+
+    def put_dir(self, name: str, kind: str, src: Path, *, metadata: dict | None = None,
+                lineage: dict | None = None, metrics: dict | None = None) -> ArtifactRef:
+        """Upload a folder as the next version of `name` (or return the latest, if identical)."""
+        src = Path(src)
+        files = {}
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            hexdigest = sha256_file(path)
+            files[_relpath(path, src)] = {"sha256": hexdigest, "size": path.stat().st_size}
+            if not self.backend.exists(blob_key(hexdigest)):  # send only what the store lacks
+                self.backend.put_file(blob_key(hexdigest), path)
+        manifest = {"kind": kind, "files": files, "metadata": metadata or {}, "metrics": metrics or {}}
+        digest = "sha256:" + hashlib.sha256(canonical_json(manifest)).hexdigest()
+        # lineage is recorded beside the content but is not part of its identity
+        record = dict(manifest, lineage=lineage or {})
+        if not self.backend.exists(manifest_key(digest)):
+            try:
+                self.backend.put(manifest_key(digest), canonical_json(record), if_none_match=True)
+            except ConflictError:
+                pass  # someone wrote the same content first: equally good
+        return self._publish_version(name, kind, digest, manifest["metrics"], lineage or {})
+
+    def _publish_version(self, name: str, kind: str, digest: str, metrics: dict, lineage: dict) -> ArtifactRef:
+        latest = self.latest_version(name)
+        if latest is not None and self._version_record(name, latest)["digest"] == digest:
+            return ArtifactRef(name, kind, latest, digest, metrics)
+        version = (latest or 0) + 1
+        while True:
+            record = {"digest": digest, "kind": kind, "created_at": time.time(),
+                      "flow_run_id": lineage.get("flow_run_id")}
+            try:
+                self.backend.put(f"artifacts/{name}/versions/{version}.json", canonical_json(record),
+                                 if_none_match=True)
+                break
+            except ConflictError:
+                version += 1  # a concurrent writer took this number
+        self._move_alias(name, "latest", version)
+        return ArtifactRef(name, kind, version, digest, metrics)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def versions(self, name: str) -> list[int]:
+        keys = self.backend.list(f"artifacts/{name}/versions/")
+        return sorted(int(PurePosixPath(k).stem) for k in keys)
+
+    def latest_version(self, name: str) -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def names(self) -> list[str]:
+        return sorted({k.split("/versions/")[0].removeprefix("artifacts/")
+                       for k in self.backend.list("artifacts/") if "/versions/" in k})
+
+    def _version_record(self, name: str, version: int) -> dict:
+        data, _ = self.backend.get(f"artifacts/{name}/versions/{version}.json")
+        return json.loads(data)
+
+    def manifest(self, digest: str) -> dict:
+        data, _ = self.backend.get(manifest_key(digest))
+        if "sha256:" + hashlib.sha256(canonical_json({k: v for k, v in json.loads(data).items()
+                                                      if k != "lineage"})).hexdigest() != digest:
+            raise StorageError(f"manifest {digest} in {self.uri} does not match its digest: the store is corrupt")
+        return json.loads(data)
+
+    def ref(self, name: str, selector: int | str = "latest") -> ArtifactRef:
+        """`ref("demo/sft", 3)` or `ref("demo/sft", "production")`."""
+        version = selector if isinstance(selector, int) else self.alias_target(name, selector)
+        if version is None:
+            raise StorageError(f"{name} has no alias {selector!r} in store {self.uri}")
+        try:
+            record = self._version_record(name, version)
+        except ObjectNotFound:
+            raise StorageError(f"{name}@{version} does not exist in store {self.uri}") from None
+        metrics = self.manifest(record["digest"]).get("metrics", {})
+        return ArtifactRef(name, record["kind"], version, record["digest"], metrics)
+
+    def exists(self, ref: ArtifactRef) -> bool:
+        """True when the version pointer, its manifest and every blob it lists are present."""
+        try:
+            if self._version_record(ref.name, ref.version)["digest"] != ref.digest:
+                return False
+            files = self.manifest(ref.digest)["files"]
+        except ObjectNotFound:
+            return False
+        return all(self.backend.exists(blob_key(f["sha256"])) for f in files.values())
+
+    def get_dir(self, ref: ArtifactRef) -> Path:
+        """The artifact's files as a read-only local folder (cached by digest; verified on download)."""
+        tree = self.cache_dir / "trees" / ref.digest.removeprefix("sha256:")
+        if tree.exists():
+            return tree
+        files = self.manifest(ref.digest)["files"]
+        tmp = Path(tempfile.mkdtemp(dir=self._mkdir(self.cache_dir / "trees"), prefix=".tmp-"))
+        try:
+            for rel, info in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.link(self._cached_blob(info["sha256"], ref), dest)
+            os.rename(tmp, tree)
+        except FileExistsError:
+            pass  # another process materialized it first
+        except OSError as exc:
+            if not tree.exists():
+                raise StorageError(f"could not materialize {ref.label} into {tree}: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return tree
+
+    def _cached_blob(self, hexdigest: str, ref: ArtifactRef) -> Path:
+        path = self.cache_dir / "blobs" / hexdigest[:2] / hexdigest[2:]
+        if path.exists():
+            return path
+        self._mkdir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        os.close(fd)
+        try:
+            self.backend.get_file(blob_key(hexdigest), Path(tmp))
+            actual = sha256_file(Path(tmp))
+            if actual != hexdigest:
+                raise StorageError(
+                    f"blob {hexdigest[:12]} of {ref.label} is corrupt in store {self.uri} "
+                    f"(its content hashes to {actual[:12]}); restore it or re-run the stage that made it")
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, path)
+        except ObjectNotFound:
+            raise StorageError(f"blob {hexdigest[:12]} of {ref.label} is missing from store {self.uri}") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
+
+    @staticmethod
+    def _mkdir(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ---- aliases ---------------------------------------------------------------------------------
+
+    def alias_target(self, name: str, alias: str) -> int | None:
+        try:
+            data, _ = self.backend.get(f"artifacts/{name}/aliases/{alias}.json")
+        except ObjectNotFound:
+            return None
+        return json.loads(data)["version"]
+
+    def promote(self, ref: ArtifactRef, alias: str) -> None:
+        """Point `alias` at `ref`, by compare-and-swap: a concurrent promotion raises ConflictError."""
+        self._move_alias(ref.name, alias, ref.version)
+
+    def _move_alias(self, name: str, alias: str, version: int) -> None:
+        key = f"artifacts/{name}/aliases/{alias}.json"
+        try:
+            data, etag = self.backend.get(key)
+            current = json.loads(data)
+            if current["version"] == version:
+                return  # already there: no write, no history entry
+            history = current.get("history", [])[-20:] + [current["version"]]
+        except ObjectNotFound:
+            etag, history = None, []
+        record = canonical_json({"version": version, "updated_at": time.time(), "history": history})
+        if etag is None:
+            self.backend.put(key, record, if_none_match=True)
+        else:
+            self.backend.put(key, record, if_match=etag)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ALIGNFLOW_CACHE", Path.home() / ".cache" / "alignflow"))
+
+
+def open_store(location: str, cache_dir: str | Path | None = None) -> ArtifactStore:
+    """`open_store(".alignflow/store")`: the store at a folder (or, later, an s3:// URI)."""
+    return ArtifactStore(backend_for(location), cache_dir or default_cache_dir())

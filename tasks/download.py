@@ -1,0 +1,125 @@
+"""Stage `download_model`: bring a base model into the store.
+
+Sources:
+    builtin://tiny-qwen2            built locally in seconds (the demo and the tests)
+    ./path or /abs/path             a local model folder (config.json, weights, tokenizer)
+    modelscope://owner/name[@rev]   through modelscope.snapshot_download (its cache works offline)
+    hf://owner/name[@rev]           through huggingface_hub.snapshot_download (likewise)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from alignflow.errors import SourceError, TransientError
+from storage import ArtifactRef
+from tasks.stage import RunContext, publish, stage
+
+BUILTIN_MODELS = ("tiny-qwen2",)
+REACH_TIMEOUT = 5.0  # seconds to decide that a hub cannot be reached
+
+
+def local_fingerprint(path: str | Path) -> str:
+    """A cheap identity of a local file or folder: names, sizes and mtimes (content is hashed on upload)."""
+    root = Path(path)
+    if not root.exists():
+        return "missing"
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return ";".join(f"{p.relative_to(root.parent)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def source_fingerprint(source: str) -> str:
+    return "" if "://" in source else local_fingerprint(source)
+
+
+@stage("download_model", libraries=("transformers", "tokenizers", "torch"))
+def download_model(run: RunContext, source: str, fingerprint: str = "") -> ArtifactRef:
+    folder = fetch_model(source, run.workdir())
+    return publish(run, "base-model", "model", folder, stage="download_model", config={"source": source},
+                   inputs={})
+
+
+def fetch_model(source: str, workdir: Path) -> Path:
+    scheme, rest = (source.split("://", 1) + [""])[:2] if "://" in source else ("file", source)
+    if scheme == "builtin":
+        return _builtin(rest, workdir)
+    if scheme == "file":
+        return _local(Path(rest))
+    repo, _, revision = rest.partition("@")
+    if scheme == "modelscope":
+        return _modelscope(repo, revision or None)
+    if scheme == "hf":
+        return _huggingface(repo, revision or None)
+    raise SourceError(f"model {source!r}: unknown scheme {scheme!r}; use builtin://, modelscope://, hf:// "
+                      "or a local folder")
+
+
+def _builtin(name: str, workdir: Path) -> Path:
+    if name not in BUILTIN_MODELS:
+        raise SourceError(f"model builtin://{name}: no such built-in model; available: {', '.join(BUILTIN_MODELS)}")
+    from tasks.builtin import tiny_model
+
+    return tiny_model.build(workdir / name)
+
+
+def _local(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise SourceError(f"model {path}: not a model folder (no config.json); pass a folder written by "
+                          "save_pretrained, or a builtin://, modelscope:// or hf:// source")
+    return path
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=REACH_TIMEOUT).close()
+        return True
+    except OSError:
+        return False
+
+
+def _modelscope(repo: str, revision: str | None) -> Path:
+    from modelscope import snapshot_download
+    from modelscope.hub.errors import CacheNotFound, NotExistError
+    from modelscope.utils.file_utils import get_modelscope_cache_dir
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except CacheNotFound as exc:
+        cached_error = exc
+    endpoint = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
+    if not _reachable(endpoint):
+        raise SourceError(
+            f"model modelscope://{repo}: not in the ModelScope cache ({get_modelscope_cache_dir()}, set by "
+            f"MODELSCOPE_CACHE) and {endpoint} cannot be reached. Fix: run `modelscope download --model {repo}` "
+            "on a machine with network access and copy that cache here, or pass a local folder.") from cached_error
+    try:
+        return Path(snapshot_download(repo, revision=revision))
+    except NotExistError as exc:
+        raise SourceError(f"model modelscope://{repo}: no such model on {endpoint}: {exc}") from exc
+    except OSError as exc:
+        raise TransientError(f"model modelscope://{repo}: download failed: {exc}") from exc
+
+
+def _huggingface(repo: str, revision: str | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError as exc:
+        cached_error = exc
+    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        raise SourceError(
+            f"model hf://{repo}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}, set by HF_HOME or "
+            f"HF_HUB_CACHE) and {constants.ENDPOINT} cannot be reached. Fix: run `hf download {repo}` on a "
+            "machine with network access and copy that cache here, or pass a local folder.") from cached_error
+    try:
+        return Path(snapshot_download(repo, revision=revision))
+    except RepositoryNotFoundError as exc:
+        raise SourceError(f"model hf://{repo}: no such repository on {constants.ENDPOINT}") from exc
+    except OSError as exc:
+        raise TransientError(f"model hf://{repo}: download failed: {exc}") from exc

@@ -1,0 +1,103 @@
+"""Stage `evaluate`: EvalScope scores a model on the eval split, fully offline, from local files.
+
+`metric: exact_match` registers the benchmark `alignflow_qa` (EvalScope's own `exact_match` metric over
+question/answer rows: a whole answer is right or wrong, no partial credit for noise); `metric: rouge` uses
+EvalScope's `general_qa` (Rouge-L recall). The flow evaluates the candidate and the base model with the
+same settings, so their scores compare.
+Output: an `eval_report` artifact (score, per-sample predictions, EvalScope's report), and a Prefect
+table artifact in the dashboard.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from alignflow.errors import StageError
+from flows.spec import EvaluateStage
+from storage import ArtifactRef
+from tasks.stage import RunContext, publish, stage
+
+LIBRARIES = ("torch", "transformers", "evalscope", "compressed-tensors")
+BENCHMARK = "alignflow_qa"
+SUBSET = "default"
+
+
+def register_benchmark() -> None:
+    """Register `alignflow_qa`: general_qa's loader with EvalScope's exact_match metric (idempotent)."""
+    from evalscope.api.benchmark import BenchmarkMeta, DefaultDataAdapter
+    from evalscope.api.metric.semantics import MetricSelector
+    from evalscope.api.registry import BENCHMARK_REGISTRY, register_benchmark
+    from evalscope.benchmarks.general_qa.general_qa_adapter import GeneralQAAdapter
+
+    if BENCHMARK in BENCHMARK_REGISTRY:
+        return
+
+    @register_benchmark(BenchmarkMeta(
+        name=BENCHMARK, pretty_name="alignflow QA (exact match)", dataset_id=BENCHMARK,
+        description="question/answer rows scored by exact match after trimming and lower-casing",
+        tags=["QA", "Custom"], metric_list=["exact_match"], primary_metric=MetricSelector(name="exact_match"),
+        few_shot_num=0, train_split=None, eval_split="test", prompt_template="{question}",
+        subset_list=[SUBSET]))
+    class ExactMatchQA(GeneralQAAdapter):
+        match_score = DefaultDataAdapter.match_score  # metric_list scoring, not general_qa's Rouge/BLEU
+
+
+def task_config(model_dir: Path, data_dir: Path, work_dir: Path, config: EvaluateStage):
+    from evalscope import TaskConfig
+
+    if config.metric == "exact_match":
+        register_benchmark()
+        dataset, args = BENCHMARK, {"local_path": str(data_dir), "subset_list": [SUBSET]}
+    else:
+        dataset, args = "general_qa", {"local_path": str(data_dir), "subset_list": [SUBSET],
+                                       "prompt_template": "{question}", "metric_list": ["Rouge"]}
+    return TaskConfig(model=str(model_dir), eval_type="llm_ckpt", datasets=[dataset], dataset_args={dataset: args},
+                      generation_config={"max_tokens": config.max_tokens, "temperature": 0.0, "do_sample": False},
+                      limit=config.limit, eval_batch_size=config.batch_size, work_dir=str(work_dir),
+                      no_timestamp=True, seed=42)
+
+
+def read_score(work_dir: Path) -> dict:
+    """The primary metric from EvalScope's report: {'metric': ..., 'score': ..., 'samples': ...}."""
+    reports = sorted(work_dir.glob("reports/*/*.json"))
+    if not reports:
+        raise StageError(f"evaluate: EvalScope wrote no report under {work_dir}/reports; see its log above")
+    report = json.loads(reports[0].read_text())
+    wanted = report.get("primary_metric_identity")
+    for metric in report.get("metrics", []):
+        if metric.get("identity") == wanted or wanted is None:
+            return {"metric": metric["identity"]["name"], "score": round(float(metric["score"]), 4),
+                    "samples": int(metric.get("num", 0))}
+    raise StageError(f"evaluate: report {reports[0]} has no metric matching {wanted}")
+
+
+@stage("evaluate", libraries=LIBRARIES)
+def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str) -> ArtifactRef:
+    from evalscope import run_task
+    from prefect import get_run_logger
+    from prefect.artifacts import create_table_artifact
+
+    store, workdir = run.open_store(), run.workdir()
+    data_dir, work_dir, out = workdir / "data", workdir / "evalscope", workdir / "output"
+    for stale in (work_dir, out):
+        shutil.rmtree(stale, ignore_errors=True)
+    data_dir.mkdir(exist_ok=True)
+    out.mkdir()
+    shutil.copyfile(store.get_dir(data) / "data.jsonl", data_dir / f"{SUBSET}_test.jsonl")
+    run_task(task_cfg=task_config(store.get_dir(model), data_dir, work_dir, config))
+    score = read_score(work_dir)
+    summary = {**score, "model": {"name": model.name, "version": model.version, "digest": model.digest}}
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    for path in work_dir.glob("reports/*/*.json"):
+        shutil.copyfile(path, out / "evalscope_report.json")
+    for path in work_dir.glob("predictions/*/*.jsonl"):
+        shutil.copyfile(path, out / "predictions.jsonl")
+    get_run_logger().info("evaluate %s %s: %s = %.3f on %d samples", role, model.label, score["metric"],
+                          score["score"], score["samples"])
+    create_table_artifact(key=f"{run.name}-eval-{role}".replace("_", "-").replace(".", "-"),
+                          table=[{"model": model.label, "digest": model.short_digest, **score}],
+                          description=f"EvalScope {score['metric']} of the {role} model")
+    return publish(run, f"eval-{role}", "eval_report", out, stage="evaluate", config=config,
+                   inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=score)

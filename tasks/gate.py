@@ -1,0 +1,48 @@
+"""Stage `gate`: decide whether the candidate may replace what is in production.
+
+Rules (all must hold; each failure is listed in the decision's reasons):
+    score >= min_score
+    score - base score >= min_gain_over_base
+    score >= production score - max_regression    (when a model is in production)
+Never cached: production moves between runs. The decision is a plain dict the flow reports.
+"""
+
+from __future__ import annotations
+
+from flows.spec import GateStage
+from storage import ArtifactRef
+from tasks.stage import RunContext, stage
+
+PRODUCTION = "production"
+
+
+def production_report(run: RunContext) -> ArtifactRef | None:
+    store, name = run.open_store(), f"{run.name}/eval-candidate"
+    return store.ref(name, PRODUCTION) if store.alias_target(name, PRODUCTION) is not None else None
+
+
+def decide(score: float, base: float, production: float | None, config: GateStage) -> list[str]:
+    """>>> decide(0.5, 0.3, None, GateStage(min_score=0.6))
+    ['score 0.500 is below min_score 0.600']"""
+    reasons = []
+    if score < config.min_score:
+        reasons.append(f"score {score:.3f} is below min_score {config.min_score:.3f}")
+    if score - base < config.min_gain_over_base:
+        reasons.append(f"gain over base {score - base:+.3f} is below min_gain_over_base {config.min_gain_over_base:.3f}")
+    if production is not None and score < production - config.max_regression:
+        reasons.append(f"score {score:.3f} is below production's {production:.3f} by more than max_regression "
+                       f"{config.max_regression:.3f}")
+    return reasons
+
+
+@stage("gate", cached=False)
+def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: GateStage) -> dict:
+    from prefect import get_run_logger
+
+    production = production_report(run)
+    prod_score = production.metrics["score"] if production else None
+    reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config)
+    decision = {"passed": not reasons, "reasons": reasons, "score": candidate.metrics["score"],
+                "base_score": base.metrics["score"], "production_score": prod_score}
+    get_run_logger().info("gate: %s%s", "passed" if not reasons else "rejected: ", "; ".join(reasons))
+    return decision

@@ -1,0 +1,72 @@
+"""Stage `train_reward_model`: a scalar reward model trained with TRL's RewardTrainer on preference pairs.
+
+It starts from the SFT model (a sequence-classification head on its body) and reports the held-out
+pairwise accuracy: the share of unseen pairs where it scores `chosen` above `rejected`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from flows.spec import RewardStage
+from storage import ArtifactRef
+from tasks import trainer
+from tasks.models import materialize, model_chain
+from tasks.stage import RunContext, publish, stage
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+
+
+@stage("train_reward_model", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"))
+def train_reward_model(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: RewardStage) -> ArtifactRef:
+    from prefect import get_run_logger
+
+    store, workdir = run.open_store(), run.workdir()
+    job = {"config": asdict(config), "model_chain": [str(p) for p in model_chain(store, model)],
+           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(workdir / "output")}
+    metrics = trainer.launch("train_reward_model", "reward", job, workdir, get_run_logger())
+    get_run_logger().info("reward model: held-out pairwise accuracy %.3f on %d pairs",
+                          metrics["pairwise_accuracy"], metrics["eval_pairs"])
+    return publish(run, "reward", "reward_model", workdir / "output", stage="train_reward_model", config=config,
+                   inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics)
+
+
+def run_training(job: dict) -> dict:
+    """Child process: train, score held-out pairs, save into job["output"]."""
+    from datasets import load_dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from tasks.models import load_tokenizer
+
+    config = RewardStage(**job["config"])
+    tokenizer = load_tokenizer(job["model_chain"])
+    body = materialize(job["model_chain"], Path(job["workdir"]) / "merged-base")
+    model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    pairs = load_dataset("json", data_files=job["data"], split="train").train_test_split(
+        test_size=config.eval_fraction, seed=42)
+    args = trainer.trl_args(RewardConfig, job)
+    reward = RewardTrainer(model=model, args=args, train_dataset=pairs["train"], processing_class=tokenizer)
+    metrics = trainer.train(reward, job)
+    metrics.update(pairwise_accuracy(reward.model, tokenizer, pairs["test"], config.max_length))
+    trainer.save(reward, tokenizer, job["output"])
+    return metrics
+
+
+def pairwise_accuracy(model, tokenizer, pairs, max_length: int) -> dict:
+    """Share of pairs where the model scores chosen above rejected."""
+    import torch
+
+    model.eval()
+    wins = 0
+    with torch.no_grad():
+        for row in pairs:
+            texts = [tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)
+                     for side in ("chosen", "rejected")]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length).to(model.device)
+            scores = model(**batch).logits.squeeze(-1)
+            wins += int(scores[0] > scores[1])
+    return {"pairwise_accuracy": round(wins / max(len(pairs), 1), 4), "eval_pairs": len(pairs)}

@@ -1,0 +1,72 @@
+"""Stage `train_sft`: supervised fine-tuning with TRL's SFTTrainer (LoRA, QLoRA or full weights).
+
+Loss is on the assistant's tokens only when the chat template marks them (`{% generation %}`), as the
+built-in model's does; otherwise on every token, and the log says so.
+Output: an `adapter` artifact (LoRA/QLoRA, recording its base) or a `model` artifact (full).
+"""
+
+from __future__ import annotations
+
+from flows.spec import LoraSpec, SFTStage
+from storage import ArtifactRef
+from tasks import trainer
+from tasks.models import base_record, model_chain
+from tasks.stage import RunContext, publish, stage
+
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+
+
+@stage("train_sft", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"))
+def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
+    from dataclasses import asdict
+
+    from prefect import get_run_logger
+
+    store, workdir = run.open_store(), run.workdir()
+    out = workdir / "output"
+    job = {"config": asdict(config), "model_chain": [str(p) for p in model_chain(store, model)],
+           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(out)}
+    metrics = trainer.launch("train_sft", "sft", job, workdir, get_run_logger())
+    adapter = config.tuner != "full"
+    return publish(run, "sft", "adapter" if adapter else "model", out, stage="train_sft", config=config,
+                   inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
+                   metadata={"base": base_record(model), "tuner": config.tuner} if adapter else {"tuner": "full"})
+
+
+def lora_config(spec: LoraSpec, task_type: str):
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type=task_type)
+
+
+def run_training(job: dict) -> dict:
+    """Child process: train and save into job["output"]."""
+    from datasets import load_dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from tasks.models import load_causal_lm, load_tokenizer
+
+    config = SFTStage(**{**job["config"], "lora": LoraSpec(**job["config"]["lora"])})
+    tokenizer = load_tokenizer(job["model_chain"])
+    model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
+    masked = "{% generation %}" in (tokenizer.chat_template or "")
+    if not masked:
+        print("chat template has no {% generation %} markers: training on all tokens", flush=True)
+    args = trainer.trl_args(SFTConfig, job, assistant_only_loss=masked)
+    dataset = load_dataset("json", data_files=job["data"], split="train")
+    peft = lora_config(config.lora, "CAUSAL_LM") if config.tuner != "full" else None
+    sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
+    metrics = trainer.train(sft, job)
+    trainer.save(sft, tokenizer, job["output"])
+    return metrics
+
+
+def quantization_kwargs(tuner: str) -> dict:
+    if tuner != "qlora":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_compute_dtype=torch.float32)}

@@ -1,0 +1,189 @@
+"""What every stage shares: the run context, the digest cache policy, retries, and publishing outputs.
+
+A stage is a plain function turned into a Prefect task by `@stage(...)`:
+
+    @stage("train_sft", libraries=("torch", "transformers", "trl", "peft"))
+    def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
+        ...
+
+Its cache key is the hash of: the stage name and source code, the pipeline name, its config, the digests
+of its input artifacts and the versions of the libraries that shape its result. Never a path or a run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import contextvars
+import functools
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+
+from alignflow.errors import NOT_RETRIED, TRANSIENT, TransientError
+from storage import ArtifactRef, ArtifactStore, open_store
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run keeps things. Passed to every stage; never part of a cache key."""
+
+    name: str  # the pipeline's name: prefixes every artifact it writes (demo/sft, demo/dpo, ...)
+    store: str  # a folder or an s3:// URI
+    cache_dir: str  # local download cache and scratch space
+
+    def open_store(self) -> ArtifactStore:
+        return open_store(self.store, self.cache_dir)
+
+    def workdir(self) -> Path:
+        """Scratch space of the running stage, keyed like its cache entry: stable across retries (so a
+        trainer resumes from its checkpoints) and distinct for different inputs."""
+        stage, key = _current_stage.get()
+        path = Path(self.cache_dir) / "work" / f"{stage}-{key[:16]}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+_current_stage: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("alignflow_stage")
+
+
+def canonical(value: Any) -> Any:
+    """Reduce a stage input to what determines its result: artifacts by digest, configs by value."""
+    if isinstance(value, ArtifactRef):
+        return {"artifact": value.digest}
+    if isinstance(value, RunContext):
+        return {"pipeline": value.name}  # the output's name; the locations do not change the result
+    if dataclasses.is_dataclass(value):
+        return {type(value).__name__: canonical(dataclasses.asdict(value))}
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
+    return {lib: importlib.metadata.version(lib) for lib in libraries}
+
+
+def stage_fingerprint(stage: str, code_version: str, libraries: tuple[str, ...], inputs: dict) -> str:
+    payload = {"stage": stage, "code": code_version, "libraries": library_versions(libraries),
+               "inputs": canonical(inputs)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class ArtifactCachePolicy(CachePolicy):
+    """Keys a stage on content; a cached result counts only while its artifact is still in the store.
+
+    If the artifact a cache record points at was deleted, the next key in the sequence `<key>`, `<key>-1`,
+    ... is used, so the stage reruns and records its new output there.
+    """
+
+    stage: str = ""
+    code_version: str = ""
+    libraries: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        run = next((v for v in inputs.values() if isinstance(v, RunContext)), None)
+        if run is None:
+            return None
+        base = f"{self.stage}-{stage_fingerprint(self.stage, self.code_version, self.libraries, inputs)}"
+        store, results = run.open_store(), task_ctx.result_store
+        for attempt in range(100):
+            key = f"{base}-{attempt}" if attempt else base
+            if not results.exists(key):
+                return key
+            cached = results.read(key).result
+            if not isinstance(cached, ArtifactRef) or store.exists(cached):
+                return key
+        return None
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry transient failures only: a bad config, bad data or a bug fails at once."""
+    return isinstance(state.data, TRANSIENT) and not isinstance(state.data, NOT_RETRIED)
+
+
+_injected: dict[str, int] = {}
+
+
+def maybe_inject_failure(stage: str) -> None:
+    """Test hook: ALIGNFLOW_INJECT_FAILURE="train_dpo:2" makes train_dpo's first 2 attempts in this
+    process fail with a TransientError, to exercise retries. Unset in normal use."""
+    spec = os.environ.get("ALIGNFLOW_INJECT_FAILURE", "")
+    name, _, count = spec.partition(":")
+    if name == stage and _injected.get(stage, 0) < int(count or 1):
+        _injected[stage] = _injected.get(stage, 0) + 1
+        raise TransientError(f"{stage}: injected transient failure #{_injected[stage]} (ALIGNFLOW_INJECT_FAILURE)")
+
+
+def code_version(modules: list[str]) -> str:
+    """A hash of the source of the modules that shape a stage's result: editing them reruns the stage."""
+    import importlib
+
+    sources = [inspect.getsource(importlib.import_module(m)) for m in sorted(modules)]
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+
+def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = (), cached: bool = True) -> Callable:
+    """Make `fn` a retried Prefect task keyed on content (or never cached, for `cached=False`).
+
+    `uses`: modules besides the stage's own whose code shapes its result (e.g. "tasks.trainer")."""
+
+    def wrap(fn: Callable) -> Callable:
+        code = code_version([fn.__module__, *uses])
+
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def body(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            key = stage_fingerprint(name, code, libraries, bound.arguments)
+            token = _current_stage.set((name, key))
+            try:
+                maybe_inject_failure(name)
+                return fn(*args, **kwargs)
+            finally:
+                _current_stage.reset(token)
+
+        options: dict[str, Any] = dict(name=name, retries=2, retry_delay_seconds=[10, 30],
+                                       retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
+        if cached:
+            options.update(cache_policy=ArtifactCachePolicy(stage=name, code_version=code, libraries=libraries), persist_result=True)
+        else:
+            from prefect.cache_policies import NO_CACHE
+
+            options.update(cache_policy=NO_CACHE, persist_result=False)
+        return task(**options)(body)
+
+    return wrap
+
+
+def lineage(stage: str, config: Any, inputs: dict[str, ArtifactRef], libraries: tuple[str, ...]) -> dict:
+    """What made an artifact: recorded in its manifest, shown by `artifacts show --lineage`."""
+    from prefect.runtime import flow_run
+
+    return {
+        "stage": stage,
+        "config": canonical(config),
+        "inputs": {k: {"name": v.name, "version": v.version, "digest": v.digest} for k, v in inputs.items()},
+        "libraries": library_versions(("alignflow",) + libraries),
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+    }
+
+
+def publish(run: RunContext, suffix: str, kind: str, folder: Path, *, stage: str, config: Any,
+            inputs: dict[str, ArtifactRef], libraries: tuple[str, ...] = (), metadata: dict | None = None,
+            metrics: dict | None = None) -> ArtifactRef:
+    """Upload `folder` as the next version of `<pipeline>/<suffix>` with its lineage."""
+    return run.open_store().put_dir(
+        f"{run.name}/{suffix}", kind, folder, metadata=metadata, metrics=metrics,
+        lineage=lineage(stage, config, inputs, libraries))

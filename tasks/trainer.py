@@ -1,0 +1,164 @@
+"""Training runs in a child process, launched through `accelerate launch`.
+
+One code path covers one CPU, one GPU and many GPUs (and DeepSpeed, through accelerate's config); a
+trainer that crashes or is killed cannot take the Prefect worker down. The parent streams the child's
+progress lines into the stage's log, and classifies a failure:
+    - the child raised: its error (a ConfigError stays a ConfigError) is re-raised here, not retried;
+    - the child died without a word (killed, out of memory): a TransientError; the retry resumes from the
+      newest checkpoint in the stage's work folder.
+
+Child side: `python -m tasks.trainer JOB.json` imports `tasks.<job["stage"]>` and calls its
+`run_training(job) -> metrics`.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alignflow.errors import AlignflowError, ConfigError, StageError, TransientError
+
+PROGRESS = "@@alignflow-progress "
+
+
+def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None) -> dict:
+    """Run `tasks.<module>.run_training(job)` in a child process; return its metrics."""
+    import torch
+
+    logger = logger or logging.getLogger(f"alignflow.{stage}")
+    for stale in ("result.json", "failure.json"):
+        (workdir / stale).unlink(missing_ok=True)
+    job = dict(job, stage=stage, stage_module=module, workdir=str(workdir))
+    (workdir / "job.json").write_text(json.dumps(job, indent=2))
+    gpus = torch.cuda.device_count()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+           "--num_processes", str(max(gpus, 1)), "--mixed_precision", "no", "--dynamo_backend", "no",
+           *([] if gpus else ["--cpu"]), "-m", "tasks.trainer", str(workdir / "job.json")]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    if not gpus:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    started = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        for line in proc.stdout:
+            if line.startswith(PROGRESS):
+                logger.info("%s: %s", stage, describe_progress(json.loads(line[len(PROGRESS):]), started))
+            elif line.strip():
+                tail.append(line.rstrip())
+        code = proc.wait()
+    if code == 0 and (workdir / "result.json").exists():
+        return json.loads((workdir / "result.json").read_text())
+    raise child_failure(stage, workdir, code, list(tail))
+
+
+def child_failure(stage: str, workdir: Path, code: int, tail: list[str]) -> AlignflowError:
+    failure = workdir / "failure.json"
+    if failure.exists():
+        info = json.loads(failure.read_text())
+        kind = {"ConfigError": ConfigError, "TransientError": TransientError}.get(info["type"], StageError)
+        message = f"{stage}: {info['message']}"
+        return kind(message, "stage config") if kind is ConfigError else kind(message)
+    last = "\n".join(tail[-15:])
+    return TransientError(f"{stage}: the trainer process ended without a result (exit code {code}; killed or "
+                          f"out of memory?). A retry resumes from the last checkpoint. Last output:\n{last}")
+
+
+def describe_progress(p: dict, started: float) -> str:
+    """'step 120/564 (21%) loss 0.4312 | 9.8 steps/s, ETA 45s'"""
+    step, total = p.get("step", 0), p.get("max_steps") or 0
+    elapsed = time.monotonic() - started
+    parts = [f"step {step}/{total}" + (f" ({100 * step // total}%)" if total else "")]
+    parts += [f"{k} {v:.4g}" for k, v in p.get("logs", {}).items() if isinstance(v, (int, float))]
+    if step and total and p.get("steps_this_run"):
+        rate = p["steps_this_run"] / max(p.get("train_seconds", elapsed), 1e-6)
+        parts.append(f"| {rate:.1f} steps/s, ETA {max(total - step, 0) / rate:.0f}s")
+    return " ".join(parts)
+
+
+# ---- child side -------------------------------------------------------------------------------------
+
+def trl_args(config_cls, job: dict, **fields):
+    """A TRL config from the stage config: our defaults, then the stage's fields, then `trainer_args`."""
+    import torch
+
+    cfg, cuda = job["config"], torch.cuda.is_available()
+    args = dict(
+        output_dir=str(Path(job["workdir"]) / "checkpoints"), num_train_epochs=cfg["epochs"],
+        learning_rate=cfg["learning_rate"], per_device_train_batch_size=cfg["batch_size"],
+        max_length=cfg["max_length"], use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=cuda,  # saves GPU memory; on CPU it only costs time
+        lr_scheduler_type="cosine", warmup_steps=0.05,  # a fraction of the run
+        logging_steps=0.05, save_strategy="steps", save_steps=0.2, save_total_limit=2,  # fractions of the run
+        report_to=[], disable_tqdm=True, seed=42, dataloader_num_workers=0,
+    )
+    args.update(fields)
+    args.update(cfg.get("trainer_args") or {})
+    return config_cls(**args)
+
+
+def train(trainer, job: dict) -> dict:
+    """Train with progress lines for the parent, resuming from the newest checkpoint if a retry left one."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer.add_callback(progress_callback())
+    checkpoints = Path(job["workdir"]) / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last:
+        print(f"resuming from {last}", flush=True)
+    output = trainer.train(resume_from_checkpoint=last)
+    return {"train_loss": round(float(output.training_loss), 6), "steps": int(output.global_step),
+            "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else 0}
+
+
+def save(trl_trainer, tokenizer, output: str) -> None:
+    """Save weights (or the adapter) and tokenizer; drop the model card, which names local paths and would
+    make the artifact's digest depend on the machine."""
+    trl_trainer.save_model(output)
+    tokenizer.save_pretrained(output)
+    (Path(output) / "README.md").unlink(missing_ok=True)
+
+
+def progress_callback():
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first_step, self.t0 = state.global_step, time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                keep = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
+                print(PROGRESS + json.dumps({
+                    "step": state.global_step, "max_steps": state.max_steps, "logs": keep,
+                    "steps_this_run": state.global_step - self.first_step,
+                    "train_seconds": time.monotonic() - self.t0}), flush=True)
+
+    return Progress()
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    workdir = Path(job["workdir"])
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        module = importlib.import_module(f"tasks.{job['stage_module']}")
+        metrics = module.run_training(job)
+    except Exception as exc:  # reported to the parent, which decides whether to retry
+        if rank0:
+            kind = "ConfigError" if isinstance(exc, (ConfigError, TypeError, ValueError)) else type(exc).__name__
+            (workdir / "failure.json").write_text(json.dumps({"type": kind, "message": f"{type(exc).__name__}: {exc}"}))
+        raise
+    if rank0:
+        (workdir / "result.json").write_text(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
