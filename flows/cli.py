@@ -63,6 +63,7 @@ def cmd_run(args) -> int:
     summary = run_pipeline(spec)
     print("\n" + render(summary))
     if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(summary, indent=2))
     return EXIT_REJECTED if summary["status"].startswith("rejected") else 0
 

@@ -68,7 +68,8 @@ def post_train(spec: dict) -> dict:
                 return dict(summary, status="rejected by gate", reasons=decision["reasons"])
     if stages.deploy:
         deployment = steps.run(deploy, run, model, stages.deploy, data.get("eval") or any_split(data))
-        summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label)
+        summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
+                       probe=deployment.metrics.get("smoke_prompt", "hello"))
         promote(run, model, report if stages.evaluate else None)
     return summary
 

@@ -137,7 +137,11 @@ class PipelineSpec:
     retry: RetrySpec = field(default_factory=RetrySpec)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data that `parse_spec` turns back into this spec (skipped stages are left out, since a
+        stage written with no settings means "on, with defaults")."""
+        raw = dataclasses.asdict(self)
+        raw["stages"] = {k: v for k, v in raw["stages"].items() if v is not None}
+        return raw
 
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")

@@ -26,8 +26,10 @@ class Steps:
         started = time.monotonic()
         state = task.with_options(retries=self.retry.retries, retry_delay_seconds=delays or 0)(*args, return_state=True)
         result = state.result()  # raises the stage's own error if it failed
-        row = {"stage": label or task.name, "status": "cached" if state.name == "Cached" else "ran",
-               "seconds": round(time.monotonic() - started, 1)}
+        status = "cached" if state.name == "Cached" else "ran"
+        if isinstance(result, ArtifactRef) and result.metrics.get("action") == "unchanged":
+            status = "unchanged"  # an idempotent stage found its work already done
+        row = {"stage": label or task.name, "status": status, "seconds": round(time.monotonic() - started, 1)}
         if isinstance(result, ArtifactRef):
             metric = KEY_METRICS.get(task.name)
             row.update(artifact=result.label, digest=result.short_digest,

@@ -102,7 +102,6 @@ class ArtifactStore:
                 break
             except ConflictError:
                 version += 1  # a concurrent writer took this number
-        self._move_alias(name, "latest", version)
         return ArtifactRef(name, kind, version, digest, metrics)
 
     # ---- reading ---------------------------------------------------------------------------------
@@ -131,7 +130,9 @@ class ArtifactStore:
         return json.loads(data)
 
     def ref(self, name: str, selector: int | str = "latest") -> ArtifactRef:
-        """`ref("demo/sft", 3)` or `ref("demo/sft", "production")`."""
+        """`ref("demo/sft", 3)`, `ref("demo/sft", "production")` or `ref("demo/sft")` (the newest version)."""
+        if selector == "latest":  # derived from the version list, never stored
+            selector = self.latest_version(name) or 0
         version = selector if isinstance(selector, int) else self.alias_target(name, selector)
         if version is None:
             raise StorageError(f"{name} has no alias {selector!r} in store {self.uri}")

@@ -9,6 +9,7 @@ state file that `alignflow serve ls|stop` reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -187,7 +188,8 @@ def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: Arti
     current = read_state(run.name)
     if current and serving_digest(current) == model.digest and current.get("deployment"):
         logger.info("deploy: %s already serves %s at %s; nothing to do", run.name, model.label, current["endpoint"])
-        return store.ref(current["deployment"]["name"], current["deployment"]["version"])
+        ref = store.ref(current["deployment"]["name"], current["deployment"]["version"])
+        return dataclasses.replace(ref, metrics={**ref.metrics, "action": "unchanged"})
     if current and config.port and current["endpoint"].endswith(f":{config.port}/v1"):
         stop_server(current)  # a fixed port cannot hold two servers: replace in place
         current = None
@@ -204,7 +206,8 @@ def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: Arti
     out.mkdir(exist_ok=True)
     (out / "deployment.json").write_text(json.dumps(record, indent=2))
     ref = publish(run, "deployment", "deployment", out, stage="deploy", config=config, inputs={"model": model},
-                  metadata={"endpoint": record["endpoint"]}, metrics={"endpoint": record["endpoint"]})
+                  metadata={"endpoint": record["endpoint"]},
+                  metrics={"endpoint": record["endpoint"], "smoke_prompt": question, "action": "started"})
     record["deployment"] = {"name": ref.name, "version": ref.version}
     (state_dir() / f"{run.name}.json").write_text(json.dumps(record, indent=2))
     if current and current["pid"] != record["pid"]:

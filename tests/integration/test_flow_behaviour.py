@@ -1,0 +1,71 @@
+"""The flow's contract on small pipelines (real Prefect, real trainer processes, the local store):
+bad specs fail before any work, transient failures are retried, bad config is not, and a cache hit
+needs its artifact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from storage import open_store
+from tests.conftest import run_cli, write_spec
+
+SMALL = """
+name: small
+model: builtin://tiny-qwen2
+data: {{eval: builtin://reverse/eval, sft: builtin://reverse/sft}}
+store: {store}
+retry: {{retries: 2, delay_seconds: 0.2}}
+"""
+
+
+def test_spec_with_two_mistakes_fails_before_any_work(tmp_path):
+    spec = write_spec(tmp_path / "bad.yaml", SMALL.format(store=tmp_path / "store") +
+                      "stages:\n  sft: {tuner: full, epocs: 2, batch_size: many}\n")
+    result = run_cli("run", str(spec))
+    assert result.code == 2, result.output
+    assert "2 problems" in result.stderr
+    assert "stages.sft.epocs: unknown field; did you mean 'epochs'?" in result.stderr
+    assert "stages.sft.batch_size: expected an integer, got 'many'" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_transient_failure_is_retried_and_the_flow_completes(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", SMALL.format(store=tmp_path / "store"))
+    result = run_cli("run", str(spec), env={"ALIGNFLOW_INJECT_FAILURE": "convert_dataset:1"})
+    assert result.code == 0, result.output
+    assert "injected transient failure #1" in result.output and "Retry 1/2" in result.output
+    assert set(result.status().values()) == {"ran"}
+
+
+def test_config_error_inside_a_stage_is_not_retried(tmp_path):
+    spec = write_spec(tmp_path / "s.yaml", SMALL.format(store=tmp_path / "store") +
+                      "stages:\n  sft: {tuner: full, epochs: 1, trainer_args: {no_such_argument: 1}}\n")
+    result = run_cli("run", str(spec))
+    assert result.code == 2, result.output
+    assert "no_such_argument" in result.stderr
+    assert "Retry 1/" not in result.output
+    assert open_store(str(tmp_path / "store")).versions("small/sft") == []
+
+
+def test_cache_hit_requires_the_artifact_to_still_exist(tmp_path):
+    store_dir = tmp_path / "store"
+    spec = write_spec(tmp_path / "s.yaml", SMALL.format(store=store_dir))
+    assert run_cli("run", str(spec)).code == 0
+    second = run_cli("run", str(spec))
+    assert set(second.status().values()) == {"cached"}, second.status()
+
+    store = open_store(str(store_dir))
+    ref = store.ref("small/data-eval")
+    for entry in store.manifest(ref.digest)["files"].values():  # the blobs vanish (a clean-up, a bad sync)
+        blob = store_dir / "blobs" / "sha256" / entry["sha256"][:2] / entry["sha256"][2:]
+        os.remove(blob)
+    third = run_cli("run", str(spec))
+    assert third.code == 0, third.output
+    assert third.status()["convert_dataset[eval]"] == "ran"
+    assert third.status()["convert_dataset[sft]"] == "cached"
+    assert store.exists(store.ref("small/data-eval"))

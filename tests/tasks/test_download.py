@@ -1,0 +1,76 @@
+"""Model sources: built-in, local folders, and the ModelScope / Hugging Face hubs through their own
+caches. No hub is reachable here: pre-filled caches must work, empty ones must fail fast and say why."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alignflow.errors import SourceError
+from tasks.download import fetch_model
+
+FETCH = ("import sys; from pathlib import Path; from tasks.download import fetch_model\n"
+         "try:\n    print('OK', fetch_model(sys.argv[1], Path(sys.argv[2])))\n"
+         "except Exception as e:\n    print('ERR', type(e).__name__, e)")
+
+
+def fetch_in_fresh_process(source: str, tmp_path, env: dict) -> tuple[str, float]:
+    """Hub libraries read their cache settings at import: each case gets its own interpreter."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", FETCH, source, str(tmp_path)], capture_output=True, text=True,
+                         env=dict(os.environ, **env), timeout=120).stdout
+    return out.strip().splitlines()[-1], time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return fetch_model("builtin://tiny-qwen2", tmp_path_factory.mktemp("tiny"))
+
+
+def test_builtin_model_is_deterministic_and_servable_shape(tiny_model, tmp_path):
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert config["hidden_size"] // config["num_attention_heads"] >= 32  # vLLM's CPU attention minimum
+    again = fetch_model("builtin://tiny-qwen2", tmp_path)
+    assert (again / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
+
+
+def test_unknown_builtin_and_non_model_folder_are_source_errors(tmp_path):
+    with pytest.raises(SourceError, match="tiny-qwen2"):
+        fetch_model("builtin://huge", tmp_path)
+    with pytest.raises(SourceError, match="no config.json"):
+        fetch_model(str(tmp_path), tmp_path)
+
+
+def test_modelscope_prefilled_cache_works_offline(tiny_model, tmp_path):
+    snapshot = tmp_path / "ms" / "models" / "acme--tiny" / "snapshots" / "master"
+    shutil.copytree(tiny_model, snapshot)
+    line, _ = fetch_in_fresh_process("modelscope://acme/tiny", tmp_path, {"MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    assert line == f"OK {snapshot}"
+
+
+def test_modelscope_empty_cache_fails_fast_naming_the_cache(tmp_path):
+    line, seconds = fetch_in_fresh_process("modelscope://acme/absent", tmp_path,
+                                           {"MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    assert line.startswith("ERR SourceError") and str(tmp_path / "ms") in line and "local folder" in line
+    assert seconds < 15
+
+
+def test_huggingface_prefilled_cache_works_offline(tiny_model, tmp_path):
+    repo = tmp_path / "hf" / "models--acme--tiny"
+    shutil.copytree(tiny_model, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    line, _ = fetch_in_fresh_process("hf://acme/tiny", tmp_path, {"HF_HUB_CACHE": str(tmp_path / "hf")})
+    assert line == f"OK {repo / 'snapshots' / '0123abcd'}"
+
+
+def test_huggingface_empty_cache_fails_fast_naming_the_cache(tmp_path):
+    line, seconds = fetch_in_fresh_process("hf://acme/absent", tmp_path, {"HF_HUB_CACHE": str(tmp_path / "hf")})
+    assert line.startswith("ERR SourceError") and str(tmp_path / "hf") in line
+    assert seconds < 15
