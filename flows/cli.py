@@ -4,6 +4,9 @@
     alignflow demo [--set ...] [--store ...]
     alignflow serve ls
     alignflow serve stop NAME | --all
+    alignflow artifacts ls [NAME] | show NAME[@V] [--lineage] | get NAME[@V] DEST | promote NAME@V ALIAS
+                        | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
+    alignflow storage up | down | status
 """
 
 from __future__ import annotations
@@ -31,8 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (run, demo):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec field, e.g. --set stages.dpo.beta=0.2 (repeatable)")
+        p.add_argument("--skip", action="append", default=[], metavar="STAGE",
+                       help="leave a stage out of this run, e.g. --skip deploy (repeatable)")
         p.add_argument("--store", help="artifact store: a folder or s3://bucket/prefix (overrides the spec)")
         p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the run summary as JSON")
+
+    add_artifacts_parser(sub)
+    storage = sub.add_parser("storage", help="a local S3 server (SeaweedFS) for the store")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True)
+    for name, text in (("up", "start it (loopback, free port) and print how to use it"), ("down", "stop it"),
+                       ("status", "is it running?")):
+        storage_sub.add_parser(name, help=text)
 
     serve = sub.add_parser("serve", help="list or stop the model servers started by deploy")
     serve_sub = serve.add_subparsers(dest="serve_command", required=True)
@@ -41,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name", nargs="?", help="pipeline name of the server to stop")
     stop.add_argument("--all", action="store_true", help="stop every server")
     return parser
+
+
+def add_artifacts_parser(sub) -> None:
+    artifacts = sub.add_parser("artifacts", help="list, inspect, fetch, promote and verify stored artifacts")
+    artifacts.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or "
+                                           ".alignflow/store)")
+    verbs = artifacts.add_subparsers(dest="artifacts_command", required=True)
+    verbs.add_parser("ls", help="artifacts, or the versions of one").add_argument("name", nargs="?")
+    show = verbs.add_parser("show", help="one version: files, metrics, metadata")
+    show.add_argument("selector", metavar="NAME[@VERSION|@ALIAS]")
+    show.add_argument("--lineage", action="store_true", help="the chain of inputs, configs and runs that made it")
+    get = verbs.add_parser("get", help="copy an artifact's files into a folder")
+    get.add_argument("selector", metavar="NAME[@VERSION|@ALIAS]")
+    get.add_argument("dest")
+    promote = verbs.add_parser("promote", help="point an alias at a version (compare-and-swap)")
+    promote.add_argument("selector", metavar="NAME@VERSION")
+    promote.add_argument("alias")
+    rollback = verbs.add_parser("rollback", help="point an alias back at its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("alias")
+    verbs.add_parser("verify", help="re-hash every blob that manifests reference; exit 1 on any problem")
 
 
 def quiet_prefect() -> None:
@@ -53,7 +86,7 @@ def quiet_prefect() -> None:
 def cmd_run(args) -> int:
     from flows.spec import load_spec
 
-    spec = load_spec(args.spec if args.command == "run" else DEMO_SPEC, args.overrides, args.store)
+    spec = load_spec(args.spec if args.command == "run" else DEMO_SPEC, args.overrides, args.store, args.skip)
     if "://" not in spec.store:  # the flow may run elsewhere (a worker): pin the folder now
         spec.store = str(Path(spec.store).expanduser().resolve())
     quiet_prefect()
@@ -90,6 +123,10 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("artifacts", "storage"):
+            from flows import store_commands
+
+            return (store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage)(args)
         return cmd_serve(args) if args.command == "serve" else cmd_run(args)
     except AlignflowError as exc:
         if args.debug:

@@ -10,7 +10,6 @@ cached, retried task (tasks/stage.py); this file only orchestrates.
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -30,7 +29,7 @@ from tasks.sft import train_sft
 from tasks.stage import RunContext
 
 
-@flow(name="post-train")
+@flow(name="post-train", persist_result=False)  # the summary is printed and kept as an artifact
 def post_train(spec: dict) -> dict:
     """Run the pipeline described by `spec` (a PipelineSpec as a dict) and return its summary."""
     spec = parse_spec(spec)
@@ -65,12 +64,23 @@ def post_train(spec: dict) -> dict:
             decision = steps.run(gate, run, report, base_report, stages.gate)
             if not decision["passed"]:
                 get_run_logger().warning("gate rejected %s: %s", model.label, "; ".join(decision["reasons"]))
-                return dict(summary, status="rejected by gate", reasons=decision["reasons"])
+                return publish_summary(dict(summary, status="rejected by gate", reasons=decision["reasons"]))
     if stages.deploy:
         deployment = steps.run(deploy, run, model, stages.deploy, data.get("eval") or any_split(data))
         summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
                        probe=deployment.metrics.get("smoke_prompt", "hello"))
         promote(run, model, report if stages.evaluate else None)
+    return publish_summary(summary)
+
+
+def publish_summary(summary: dict) -> dict:
+    """The end-of-run table, also as a markdown artifact on the flow run in the Prefect dashboard."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from flows.summary import render
+
+    create_markdown_artifact(key=f"{summary['name']}-run-summary".replace("_", "-").replace(".", "-"),
+                             markdown=f"```\n{render(summary)}\n```", description="alignflow run summary")
     return summary
 
 
@@ -87,9 +97,10 @@ def promote(run: RunContext, model, report) -> None:
 
 
 def run_pipeline(spec: PipelineSpec) -> dict:
-    """Run the flow in this process, keeping Prefect's results and cache records beside the artifacts."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    """Run the flow in this process, keeping Prefect's results and cache records in the artifact store."""
+    from prefect.settings import temporary_settings
 
-    results = Path(spec.store) / "prefect-results"
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(results)}):
+    from storage.results import result_settings
+
+    with temporary_settings(result_settings(spec.store)):
         return post_train(spec.to_dict())

@@ -149,8 +149,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 # ---- loading -------------------------------------------------------------------------------------
 
-def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = None) -> PipelineSpec:
-    """Read a YAML spec, apply `--set a.b=v` overrides and `--store`, validate, and return it."""
+def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = None,
+              skip: list[str] = ()) -> PipelineSpec:
+    """Read a YAML spec, apply `--set a.b=v` overrides, `--store` and `--skip STAGE`, validate, return it."""
     import yaml
 
     path = Path(path)
@@ -167,6 +168,13 @@ def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = N
         apply_override(raw, item)
     if store:
         raw["store"] = store
+    stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    for name in skip:
+        if name not in {f.name for f in dataclasses.fields(Stages)}:
+            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(Stages)], n=1)
+            raise ConfigError(f"--skip {name}: no such stage" + (f"; did you mean {close[0]!r}?" if close else ""),
+                              "command line")
+        stages.pop(name, None)
     return parse_spec(raw, source=str(path))
 
 

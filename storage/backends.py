@@ -135,9 +135,11 @@ class LocalBackend:
 def backend_for(location: str) -> Backend:
     """`s3://bucket/prefix` or a local folder."""
     if location.startswith("s3://"):
+        from storage.s3 import S3Backend
+
+        return S3Backend(location)
+    if "://" in location:
         from alignflow.errors import ConfigError
 
-        raise ConfigError(
-            f"store {location!r}: S3 stores are not available in this version; use a local folder", "store"
-        )
+        raise ConfigError(f"store {location!r}: use a local folder or s3://bucket/prefix", "store")
     return LocalBackend(location)

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from alignflow.errors import ConflictError, StorageError
@@ -37,6 +38,14 @@ def sha256_file(path: Path) -> str:
 
 def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def parallel(fn, items: list, workers: int = 8) -> list:
+    """`[fn(x) for x in items]`, `workers` at a time (uploads and downloads wait on the network)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def blob_key(hexdigest: str) -> str:
@@ -71,12 +80,8 @@ class ArtifactStore:
                 lineage: dict | None = None, metrics: dict | None = None) -> ArtifactRef:
         """Upload a folder as the next version of `name` (or return the latest, if identical)."""
         src = Path(src)
-        files = {}
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
-            hexdigest = sha256_file(path)
-            files[_relpath(path, src)] = {"sha256": hexdigest, "size": path.stat().st_size}
-            if not self.backend.exists(blob_key(hexdigest)):  # send only what the store lacks
-                self.backend.put_file(blob_key(hexdigest), path)
+        paths = sorted(p for p in src.rglob("*") if p.is_file())
+        files = dict(zip((_relpath(p, src) for p in paths), parallel(self._upload_blob, paths)))
         manifest = {"kind": kind, "files": files, "metadata": metadata or {}, "metrics": metrics or {}}
         digest = "sha256:" + hashlib.sha256(canonical_json(manifest)).hexdigest()
         # lineage is recorded beside the content but is not part of its identity
@@ -87,6 +92,12 @@ class ArtifactStore:
             except ConflictError:
                 pass  # someone wrote the same content first: equally good
         return self._publish_version(name, kind, digest, manifest["metrics"], lineage or {})
+
+    def _upload_blob(self, path: Path) -> dict:
+        hexdigest = sha256_file(path)
+        if not self.backend.exists(blob_key(hexdigest)):  # send only what the store lacks
+            self.backend.put_file(blob_key(hexdigest), path)
+        return {"sha256": hexdigest, "size": path.stat().st_size}
 
     def _publish_version(self, name: str, kind: str, digest: str, metrics: dict, lineage: dict) -> ArtifactRef:
         latest = self.latest_version(name)
@@ -161,10 +172,11 @@ class ArtifactStore:
         files = self.manifest(ref.digest)["files"]
         tmp = Path(tempfile.mkdtemp(dir=self._mkdir(self.cache_dir / "trees"), prefix=".tmp-"))
         try:
-            for rel, info in files.items():
+            blobs = parallel(lambda info: self._cached_blob(info["sha256"], ref), list(files.values()))
+            for rel, blob in zip(files, blobs):
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                os.link(self._cached_blob(info["sha256"], ref), dest)
+                os.link(blob, dest)
             os.rename(tmp, tree)
         except FileExistsError:
             pass  # another process materialized it first
@@ -215,21 +227,84 @@ class ArtifactStore:
         """Point `alias` at `ref`, by compare-and-swap: a concurrent promotion raises ConflictError."""
         self._move_alias(ref.name, alias, ref.version)
 
-    def _move_alias(self, name: str, alias: str, version: int) -> None:
-        key = f"artifacts/{name}/aliases/{alias}.json"
+    def rollback(self, name: str, alias: str) -> int:
+        """Point `alias` back at its previous target; returns that version."""
+        record, etag = self.read_alias(name, alias)
+        if not record or not record.get("history"):
+            raise StorageError(f"{name}: alias {alias!r} has no previous target to roll back to")
+        previous = record["history"][-1]
+        self.write_alias(name, alias, {"version": previous, "history": record["history"][:-1]}, etag)
+        return previous
+
+    def read_alias(self, name: str, alias: str) -> tuple[dict | None, str | None]:
+        """The alias record and its ETag (None, None when the alias does not exist)."""
         try:
-            data, etag = self.backend.get(key)
-            current = json.loads(data)
-            if current["version"] == version:
-                return  # already there: no write, no history entry
-            history = current.get("history", [])[-20:] + [current["version"]]
+            data, etag = self.backend.get(f"artifacts/{name}/aliases/{alias}.json")
         except ObjectNotFound:
-            etag, history = None, []
-        record = canonical_json({"version": version, "updated_at": time.time(), "history": history})
-        if etag is None:
-            self.backend.put(key, record, if_none_match=True)
-        else:
-            self.backend.put(key, record, if_match=etag)
+            return None, None
+        return json.loads(data), etag
+
+    def write_alias(self, name: str, alias: str, record: dict, etag: str | None) -> None:
+        """Write only if the alias is still what was read (`etag`), or still absent (`etag` None)."""
+        key = f"artifacts/{name}/aliases/{alias}.json"
+        data = canonical_json(dict(record, updated_at=time.time()))
+        try:
+            if etag is None:
+                self.backend.put(key, data, if_none_match=True)
+            else:
+                self.backend.put(key, data, if_match=etag)
+        except ConflictError:
+            raise ConflictError(f"{name}: alias {alias!r} was changed by someone else meanwhile; nothing was "
+                                f"written. Check `alignflow artifacts show {name}@{alias}` and retry") from None
+
+    def _move_alias(self, name: str, alias: str, version: int) -> None:
+        if version not in self.versions(name):
+            raise StorageError(f"{name}@{version} does not exist in store {self.uri}")
+        current, etag = self.read_alias(name, alias)
+        if current and current["version"] == version:
+            return  # already there: no write, no history entry
+        history = (current["history"][-20:] + [current["version"]]) if current else []
+        self.write_alias(name, alias, {"version": version, "history": history}, etag)
+
+    # ---- integrity ---------------------------------------------------------------------------------
+
+    def verify(self) -> dict:
+        """Re-hash every blob a manifest references and check every version's manifest exists.
+
+        Returns {"manifests": n, "blobs": n, "versions": n, "problems": [...]}."""
+        problems, blobs = [], {}
+        manifests = [k for k in self.backend.list("manifests/") if k.endswith(".json")]
+        for key in manifests:
+            digest = "sha256:" + PurePosixPath(key).stem
+            try:
+                files = self.manifest(digest)["files"]
+            except StorageError as exc:
+                problems.append(str(exc))
+                continue
+            for rel, info in files.items():
+                blobs.setdefault(info["sha256"], f"{rel} in manifest {digest[:19]}")
+        for hexdigest, where in sorted(blobs.items()):
+            problem = self._check_blob(hexdigest)
+            if problem:
+                problems.append(f"blob {hexdigest[:12]} ({where}): {problem}")
+        versions = [k for k in self.backend.list("artifacts/") if "/versions/" in k]
+        for key in versions:
+            digest = json.loads(self.backend.get(key)[0])["digest"]
+            if not self.backend.exists(manifest_key(digest)):
+                problems.append(f"{key} points at missing manifest {digest[:19]}")
+        return {"manifests": len(manifests), "blobs": len(blobs), "versions": len(versions), "problems": problems}
+
+    def _check_blob(self, hexdigest: str) -> str | None:
+        fd, tmp = tempfile.mkstemp(prefix="alignflow-verify-")
+        os.close(fd)
+        try:
+            self.backend.get_file(blob_key(hexdigest), Path(tmp))
+            actual = sha256_file(Path(tmp))
+            return None if actual == hexdigest else f"corrupt (content hashes to {actual[:12]})"
+        except ObjectNotFound:
+            return "missing"
+        finally:
+            os.unlink(tmp)
 
 
 def default_cache_dir() -> Path:
@@ -237,5 +312,5 @@ def default_cache_dir() -> Path:
 
 
 def open_store(location: str, cache_dir: str | Path | None = None) -> ArtifactStore:
-    """`open_store(".alignflow/store")`: the store at a folder (or, later, an s3:// URI)."""
+    """`open_store(".alignflow/store")` or `open_store("s3://bucket/prefix")`."""
     return ArtifactStore(backend_for(location), cache_dir or default_cache_dir())

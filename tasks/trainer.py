@@ -105,16 +105,28 @@ def trl_args(config_cls, job: dict, **fields):
 
 def train(trainer, job: dict) -> dict:
     """Train with progress lines for the parent, resuming from the newest checkpoint if a retry left one."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     trainer.add_callback(progress_callback())
-    checkpoints = Path(job["workdir"]) / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(Path(job["workdir"]) / "checkpoints")
     if last:
         print(f"resuming from {last}", flush=True)
     output = trainer.train(resume_from_checkpoint=last)
     return {"train_loss": round(float(output.training_loss), 6), "steps": int(output.global_step),
             "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else 0}
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint that was fully written. A process killed while saving leaves a folder
+    without `trainer_state.json`, which the Trainer writes last: skip it."""
+    if not folder.is_dir():
+        return None
+    candidates = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def save(trl_trainer, tokenizer, output: str) -> None:

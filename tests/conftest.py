@@ -39,15 +39,16 @@ def no_servers_left_behind(session_home):
     subprocess.run([ALIGNFLOW, "serve", "stop", "--all"], capture_output=True, timeout=120,
                    env=dict(os.environ, ALIGNFLOW_HOME=str(session_home / "state")))
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server_processes():
+    while time.monotonic() < deadline and server_processes(session_home):
         time.sleep(0.5)
-    left = server_processes()
+    left = server_processes(session_home)
     assert not left, f"model servers left running after the tests: {left}"
 
 
-def server_processes() -> list[str]:
+def server_processes(session_home: Path) -> list[str]:
+    """vLLM servers serving a model from this session's cache (other sessions' are not ours to judge)."""
     out = subprocess.run(["pgrep", "-fa", "vllm.entrypoints"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(ROOT) in line or "alignflow" in line or "trees" in line]
+    return [line for line in out.splitlines() if str(session_home) in line]
 
 
 class CliResult:
@@ -80,3 +81,29 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_home):
+    """A real SeaweedFS on loopback for the whole session; its credentials are put in the environment,
+    where alignflow (and boto3) read them, exactly as a user's shell would have them."""
+    from storage import seaweed
+
+    home = session_home / "seaweed"
+    info = seaweed.up(home)
+    env = seaweed.env_lines(info, seaweed.credentials(info))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield dict(info, env=env, home=home)
+    seaweed.down(home)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def s3_client():
+    from storage.s3 import make_client
+
+    return make_client()

@@ -94,9 +94,9 @@ def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(demo):
     assert store.manifest(store.ref("demo/dpo").digest)["lineage"]["config"]["DPOStage"]["beta"] == 0.3
 
 
-def test_serve_stop_leaves_nothing_running(demo):
+def test_serve_stop_leaves_nothing_running(demo, session_home):
     listed = run_cli("serve", "ls")
     assert "demo" in listed.stdout and "running" in listed.stdout
     assert run_cli("serve", "stop", "demo").code == 0
     assert run_cli("serve", "ls").stdout.strip() == "no servers"
-    assert not server_processes()
+    assert not server_processes(session_home)

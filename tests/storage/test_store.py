@@ -1,22 +1,45 @@
-"""The local artifact store: content addressing, immutable versions, aliases, verification."""
+"""The store's contract, run against both backends (a local folder and a real SeaweedFS over S3):
+content addressing, immutable versions, aliases by compare-and-swap, verification on read."""
 
 from __future__ import annotations
 
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
 
 from alignflow.errors import ConflictError, StorageError
 from storage import open_store
+from storage.backends import LocalBackend
 from storage.store import blob_key
 
 
-@pytest.fixture
-def store(tmp_path):
-    return open_store(str(tmp_path / "store"), tmp_path / "cache")
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return open_store(str(tmp_path / "store"), tmp_path / "cache")
+    request.getfixturevalue("s3_server")
+    return open_store(f"s3://alignflow/contract/{uuid.uuid4().hex}", tmp_path / "cache")
+
+
+def overwrite(store, key: str, data: bytes) -> None:
+    """Change an object behind the store's back (bit rot, a bad sync, a person with write access)."""
+    if isinstance(store.backend, LocalBackend):
+        path = store.backend.root / key
+        os.chmod(path, 0o644)
+        path.write_bytes(data)
+    else:
+        store.backend.client.put_object(Bucket=store.backend.bucket, Key=store.backend._key(key), Body=data)
+
+
+def delete(store, key: str) -> None:
+    if isinstance(store.backend, LocalBackend):
+        os.remove(store.backend.root / key)
+    else:
+        store.backend.client.delete_object(Bucket=store.backend.bucket, Key=store.backend._key(key))
 
 
 def make_folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -83,33 +106,48 @@ def test_alias_compare_and_swap_refuses_a_stale_writer(store, tmp_path):
     ref1 = store.put_dir("p/m", "model", make_folder(tmp_path / "a", {"f": b"1"}))
     ref2 = store.put_dir("p/m", "model", make_folder(tmp_path / "b", {"f": b"2"}))
     store.promote(ref1, "production")
-    _, etag = store.backend.get("artifacts/p/m/aliases/production.json")
+    record, etag = store.read_alias("p/m", "production")
     store.promote(ref2, "production")
-    with pytest.raises(ConflictError):
-        store.backend.put("artifacts/p/m/aliases/production.json", b'{"version": 1}', if_match=etag)
+    with pytest.raises(ConflictError, match="changed by someone else"):
+        store.write_alias("p/m", "production", dict(record, version=1), etag)
     assert store.alias_target("p/m", "production") == 2
+
+
+def test_rollback_returns_the_alias_to_its_previous_target(store, tmp_path):
+    refs = [store.put_dir("p/m", "model", make_folder(tmp_path / str(i), {"f": str(i).encode()})) for i in range(3)]
+    for ref in refs:
+        store.promote(ref, "production")
+    assert store.rollback("p/m", "production") == 2
+    assert store.rollback("p/m", "production") == 1
+    with pytest.raises(StorageError, match="no previous target"):
+        store.rollback("p/m", "production")
 
 
 def test_corrupt_blob_is_detected_on_download(store, tmp_path):
     ref = store.put_dir("p/m", "model", make_folder(tmp_path / "a", {"w.bin": b"good weights"}))
-    manifest = store.manifest(ref.digest)
-    path = Path(store.backend.root) / blob_key(manifest["files"]["w.bin"]["sha256"])
-    os.chmod(path, 0o644)
-    path.write_bytes(b"evil weights")
-    with pytest.raises(StorageError, match="corrupt"):
+    overwrite(store, blob_key(store.manifest(ref.digest)["files"]["w.bin"]["sha256"]), b"evil weights")
+    with pytest.raises(StorageError, match=r"blob \w+ of p/m@1 is corrupt"):
         store.get_dir(ref)
+    assert any("corrupt" in p for p in store.verify()["problems"])
 
 
 def test_missing_blob_means_the_artifact_does_not_exist(store, tmp_path):
     ref = store.put_dir("p/m", "model", make_folder(tmp_path / "a", {"w.bin": b"x"}))
     assert store.exists(ref)
-    os.remove(Path(store.backend.root) / blob_key(store.manifest(ref.digest)["files"]["w.bin"]["sha256"]))
+    delete(store, blob_key(store.manifest(ref.digest)["files"]["w.bin"]["sha256"]))
     assert not store.exists(ref)
+    assert any("missing" in p for p in store.verify()["problems"])
 
 
 def test_keys_outside_the_store_are_refused(store):
     with pytest.raises(StorageError, match="'..'"):
         store.backend.put("artifacts/../../etc/x", b"no")
+
+
+def test_verify_finds_nothing_wrong_in_a_healthy_store(store, tmp_path):
+    store.put_dir("p/m", "model", make_folder(tmp_path / "a", {"x": b"1", "y": b"2"}))
+    report = store.verify()
+    assert report["problems"] == [] and report["blobs"] == 2 and report["versions"] == 1
 
 
 def test_manifest_lists_sorted_relative_paths_and_lineage(store, tmp_path):

@@ -1,0 +1,141 @@
+"""`alignflow artifacts ...` and `alignflow storage ...`: look into the store and run a local S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from alignflow.errors import AlignflowError
+from flows.summary import format_table
+from storage import ArtifactStore, open_store
+
+
+def default_store() -> str:
+    return os.environ.get("ALIGNFLOW_STORE", ".alignflow/store")
+
+
+def parse_selector(text: str) -> tuple[str, int | str]:
+    """'demo/sft@3' -> ('demo/sft', 3); 'demo/sft@production' -> (..., 'production'); 'demo/sft' -> latest."""
+    name, _, selector = text.partition("@")
+    return name, int(selector) if selector.isdigit() else (selector or "latest")
+
+
+def cmd_ls(store: ArtifactStore, name: str | None) -> None:
+    if not name:
+        rows = [{"artifact": n, "versions": len(store.versions(n)), "latest": store.latest_version(n)}
+                for n in store.names()]
+        print(format_table(rows, ["artifact", "versions", "latest"]) if rows else f"no artifacts in {store.uri}")
+        return
+    aliases = aliases_by_version(store, name)
+    rows = []
+    for v in store.versions(name):
+        ref = store.ref(name, v)
+        rows.append({"version": v, "kind": ref.kind, "digest": ref.short_digest,
+                     "aliases": ",".join(aliases.get(v, [])), "metrics": metric_text(ref.metrics)})
+    if not rows:
+        raise AlignflowError(f"no artifact named {name!r} in {store.uri}; `alignflow artifacts ls` lists them")
+    print(format_table(rows, ["version", "kind", "digest", "aliases", "metrics"]))
+
+
+def aliases_by_version(store: ArtifactStore, name: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for key in store.backend.list(f"artifacts/{name}/aliases/"):
+        alias = Path(key).stem
+        out.setdefault(store.alias_target(name, alias), []).append(alias)
+    return out
+
+
+def metric_text(metrics: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in metrics.items())
+
+
+def cmd_show(store: ArtifactStore, selector: str, lineage: bool) -> None:
+    ref = store.ref(*parse_selector(selector))
+    manifest = store.manifest(ref.digest)
+    size = sum(f["size"] for f in manifest["files"].values())
+    print(f"{ref.label}  kind={ref.kind}  digest={ref.digest}")
+    print(f"  files: {len(manifest['files'])}, {size / 2**20:.2f} MiB")
+    if manifest["metrics"]:
+        print(f"  metrics: {metric_text(manifest['metrics'])}")
+    if manifest["metadata"]:
+        print(f"  metadata: {json.dumps(manifest['metadata'], sort_keys=True)}")
+    if lineage:
+        print("lineage:")
+        print_lineage(store, ref.name, ref.version, ref.digest, depth=1)
+
+
+def print_lineage(store: ArtifactStore, name: str, version: int, digest: str, depth: int) -> None:
+    """The chain that made an artifact: each input's stage, config, libraries and flow run, recursively."""
+    pad = "  " * depth
+    info = store.manifest(digest).get("lineage", {})
+    print(f"{pad}{name}@{version} ({digest[7:19]}) made by {info.get('stage', '?')} "
+          f"in flow run {info.get('flow_run_id') or '-'}")
+    if info.get("config"):
+        print(f"{pad}  config: {json.dumps(info['config'], sort_keys=True)}")
+    if info.get("libraries"):
+        print(f"{pad}  libraries: {metric_text(info['libraries'])}")
+    for role, parent in info.get("inputs", {}).items():
+        print(f"{pad}  input {role}:")
+        print_lineage(store, parent["name"], parent["version"], parent["digest"], depth + 2)
+
+
+def cmd_get(store: ArtifactStore, selector: str, dest: str) -> None:
+    ref = store.ref(*parse_selector(selector))
+    target = Path(dest)
+    if target.exists() and any(target.iterdir()):
+        raise AlignflowError(f"{target} exists and is not empty; choose an empty or new folder")
+    shutil.copytree(store.get_dir(ref), target, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    print(f"{ref.label} ({ref.short_digest}) -> {target}")
+
+
+def cmd_verify(store: ArtifactStore) -> int:
+    started = time.monotonic()
+    report = store.verify()
+    print(f"checked {report['versions']} versions, {report['manifests']} manifests, {report['blobs']} blobs "
+          f"in {time.monotonic() - started:.1f}s: {len(report['problems'])} problems")
+    for problem in report["problems"]:
+        print(f"  - {problem}")
+    return 1 if report["problems"] else 0
+
+
+def run_artifacts(args) -> int:
+    store = open_store(args.store or default_store())
+    if args.artifacts_command == "ls":
+        cmd_ls(store, args.name)
+    elif args.artifacts_command == "show":
+        cmd_show(store, args.selector, args.lineage)
+    elif args.artifacts_command == "get":
+        cmd_get(store, args.selector, args.dest)
+    elif args.artifacts_command == "promote":
+        name, version = parse_selector(args.selector)
+        if not isinstance(version, int):
+            raise AlignflowError(f"promote {args.selector}: name a version number, e.g. {name}@3")
+        store.promote(store.ref(name, version), args.alias)
+        print(f"{args.alias} -> {name}@{version}")
+    elif args.artifacts_command == "rollback":
+        print(f"{args.alias} -> {args.name}@{store.rollback(args.name, args.alias)}")
+    elif args.artifacts_command == "verify":
+        return cmd_verify(store)
+    return 0
+
+
+def run_storage(args) -> int:
+    from storage import seaweed
+
+    home = Path(os.environ.get("ALIGNFLOW_HOME", Path.home() / ".alignflow")) / "storage"
+    if args.storage_command == "up":
+        info = seaweed.up(home)
+        print(f"SeaweedFS S3 at {info['endpoint']} (pid {info['pid']}, data in {home / 'data'})")
+        print(f"credentials: {info['credentials_file']} (mode 0600). To use it:")
+        print(f"  source {info['credentials_file']}")
+        print(f"  alignflow run deployments/demo.yaml --store s3://{info['bucket']}/demo")
+    elif args.storage_command == "down":
+        print("stopped" if seaweed.down(home) else "not running")
+    else:
+        info = seaweed.status(home)
+        print(f"running at {info['endpoint']} (pid {info['pid']}); env: {info['credentials_file']}" if info
+              else "not running")
+    return 0

@@ -1,0 +1,42 @@
+"""Where Prefect keeps task results and cache records: in the artifact store itself.
+
+So a fresh machine pointed at the same store (and an empty local cache) gets the same cache hits.
+    local store  -> <store>/prefect-results (a folder)
+    s3://b/p     -> s3://b/p/prefect-results through a prefect-aws S3Bucket block saved under a name
+                    derived from the store URI. The block holds no credentials and no endpoint: boto3
+                    reads them from the environment of whoever runs the flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+FOLDER = "prefect-results"
+
+
+def block_name(store_uri: str) -> str:
+    return "alignflow-" + hashlib.sha256(store_uri.rstrip("/").encode()).hexdigest()[:12]
+
+
+def save_s3_block(store_uri: str) -> str:
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    parsed = urlparse(store_uri)
+    folder = "/".join(p for p in (parsed.path.strip("/"), FOLDER) if p)
+    credentials = AwsCredentials(aws_client_parameters=AwsClientParameters(
+        config={"s3": {"addressing_style": "path"}, "retries": {"mode": "standard", "max_attempts": 6}}))
+    name = block_name(store_uri)
+    S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials).save(name, overwrite=True)
+    return name
+
+
+def result_settings(store_uri: str) -> dict:
+    """Prefect settings that send results and cache records into the store at `store_uri`."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
+
+    if store_uri.startswith("s3://"):
+        return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: f"s3-bucket/{save_s3_block(store_uri)}"}
+    return {PREFECT_LOCAL_STORAGE_PATH: str(Path(store_uri) / FOLDER)}
