@@ -26,6 +26,9 @@ from storage.backends import Backend, ObjectNotFound, backend_for
 from storage.refs import ArtifactRef
 
 CHUNK = 8 * 1024 * 1024
+# Files uploaded at once. Each large file is already a parallel multipart upload, so two files in flight
+# keep a link busy; more only add contention (measured in benchmarks/store_transfer.py).
+UPLOAD_WORKERS = 2
 
 
 def sha256_file(path: Path) -> str:
@@ -79,9 +82,7 @@ class ArtifactStore:
     def put_dir(self, name: str, kind: str, src: Path, *, metadata: dict | None = None,
                 lineage: dict | None = None, metrics: dict | None = None) -> ArtifactRef:
         """Upload a folder as the next version of `name` (or return the latest, if identical)."""
-        src = Path(src)
-        paths = sorted(p for p in src.rglob("*") if p.is_file())
-        files = dict(zip((_relpath(p, src) for p in paths), parallel(self._upload_blob, paths)))
+        files = self._upload_tree(Path(src))
         manifest = {"kind": kind, "files": files, "metadata": metadata or {}, "metrics": metrics or {}}
         digest = "sha256:" + hashlib.sha256(canonical_json(manifest)).hexdigest()
         # lineage is recorded beside the content but is not part of its identity
@@ -93,11 +94,22 @@ class ArtifactStore:
                 pass  # someone wrote the same content first: equally good
         return self._publish_version(name, kind, digest, manifest["metrics"], lineage or {})
 
-    def _upload_blob(self, path: Path) -> dict:
-        hexdigest = sha256_file(path)
+    def _upload_tree(self, src: Path) -> dict:
+        """Hash files one after another here while a pool uploads the ones already hashed, so hashing
+        overlaps the network instead of preceding it. Returns the manifest's `files` mapping."""
+        files, pending = {}, []
+        with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+            for path in sorted(p for p in src.rglob("*") if p.is_file()):
+                hexdigest = sha256_file(path)
+                files[_relpath(path, src)] = {"sha256": hexdigest, "size": path.stat().st_size}
+                pending.append(pool.submit(self._upload_blob, hexdigest, path))
+            for future in pending:
+                future.result()  # re-raise the first failure
+        return files
+
+    def _upload_blob(self, hexdigest: str, path: Path) -> None:
         if not self.backend.exists(blob_key(hexdigest)):  # send only what the store lacks
             self.backend.put_file(blob_key(hexdigest), path)
-        return {"sha256": hexdigest, "size": path.stat().st_size}
 
     def _publish_version(self, name: str, kind: str, digest: str, metrics: dict, lineage: dict) -> ArtifactRef:
         latest = self.latest_version(name)
