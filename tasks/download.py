@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 from alignflow.errors import SourceError, TransientError
@@ -49,10 +51,8 @@ def fetch_model(source: str, workdir: Path) -> Path:
     if scheme == "file":
         return _local(Path(rest))
     repo, _, revision = rest.partition("@")
-    if scheme == "modelscope":
-        return _modelscope(repo, revision or None)
-    if scheme == "hf":
-        return _huggingface(repo, revision or None)
+    if scheme in ("modelscope", "hf"):
+        return from_hub(modelscope_hub() if scheme == "modelscope" else huggingface_hub(), repo, revision or None)
     raise SourceError(f"model {source!r}: unknown scheme {scheme!r}; use builtin://, modelscope://, hf:// "
                       "or a local folder")
 
@@ -81,45 +81,55 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def _modelscope(repo: str, revision: str | None) -> Path:
+@dataclass
+class Hub:
+    """What differs between model hubs; `from_hub` does the rest the same way for each."""
+
+    scheme: str
+    title: str
+    cache: str  # where its cache is, and which variables move it
+    endpoint: str
+    offline: bool
+    snapshot: Callable  # snapshot_download(repo, revision=..., local_files_only=...)
+    not_cached: type[Exception]
+    not_found: type[Exception]
+    fetch_command: str  # how to fill the cache on a machine with network access
+
+
+def modelscope_hub() -> Hub:
     from modelscope import snapshot_download
     from modelscope.hub.errors import CacheNotFound, NotExistError
     from modelscope.utils.file_utils import get_modelscope_cache_dir
 
-    try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
-    except CacheNotFound as exc:
-        cached_error = exc
-    endpoint = os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn")
-    if not _reachable(endpoint):
-        raise SourceError(
-            f"model modelscope://{repo}: not in the ModelScope cache ({get_modelscope_cache_dir()}, set by "
-            f"MODELSCOPE_CACHE) and {endpoint} cannot be reached. Fix: run `modelscope download --model {repo}` "
-            "on a machine with network access and copy that cache here, or pass a local folder.") from cached_error
-    try:
-        return Path(snapshot_download(repo, revision=revision))
-    except NotExistError as exc:
-        raise SourceError(f"model modelscope://{repo}: no such model on {endpoint}: {exc}") from exc
-    except OSError as exc:
-        raise TransientError(f"model modelscope://{repo}: download failed: {exc}") from exc
+    return Hub("modelscope", "ModelScope", f"{get_modelscope_cache_dir()}, set by MODELSCOPE_CACHE",
+               os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn"), False, snapshot_download, CacheNotFound,
+               NotExistError, "modelscope download --model {repo}")
 
 
-def _huggingface(repo: str, revision: str | None) -> Path:
+def huggingface_hub() -> Hub:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
+    return Hub("hf", "Hugging Face", f"{constants.HF_HUB_CACHE}, set by HF_HOME or HF_HUB_CACHE", constants.ENDPOINT,
+               bool(constants.HF_HUB_OFFLINE), snapshot_download, LocalEntryNotFoundError, RepositoryNotFoundError,
+               "hf download {repo}")
+
+
+def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
+    """The hub's own cache first (works offline); the network only when the hub answers within seconds."""
     try:
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
-    except LocalEntryNotFoundError as exc:
+        return Path(hub.snapshot(repo, revision=revision, local_files_only=True))
+    except hub.not_cached as exc:
         cached_error = exc
-    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+    source = f"model {hub.scheme}://{repo}"
+    if hub.offline or not _reachable(hub.endpoint):
         raise SourceError(
-            f"model hf://{repo}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}, set by HF_HOME or "
-            f"HF_HUB_CACHE) and {constants.ENDPOINT} cannot be reached. Fix: run `hf download {repo}` on a "
-            "machine with network access and copy that cache here, or pass a local folder.") from cached_error
+            f"{source}: not in the {hub.title} cache ({hub.cache}) and {hub.endpoint} cannot be reached. Fix: run "
+            f"`{hub.fetch_command.format(repo=repo)}` on a machine with network access and copy that cache here, "
+            "or pass a local folder.") from cached_error
     try:
-        return Path(snapshot_download(repo, revision=revision))
-    except RepositoryNotFoundError as exc:
-        raise SourceError(f"model hf://{repo}: no such repository on {constants.ENDPOINT}") from exc
+        return Path(hub.snapshot(repo, revision=revision))
+    except hub.not_found as exc:
+        raise SourceError(f"{source}: no such model on {hub.endpoint}") from exc
     except OSError as exc:
-        raise TransientError(f"model hf://{repo}: download failed: {exc}") from exc
+        raise TransientError(f"{source}: download failed: {exc}") from exc
