@@ -59,6 +59,8 @@ def add_artifacts_parser(sub) -> None:
     artifacts = sub.add_parser("artifacts", help="list, inspect, fetch, promote and verify stored artifacts")
     artifacts.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or "
                                            ".alignflow/store)")
+    artifacts.add_argument("--storage", metavar="BLOCK", help="a saved prefect-aws AwsCredentials block for an "
+                                                              "s3:// store (default: the AWS environment)")
     verbs = artifacts.add_subparsers(dest="artifacts_command", required=True)
     verbs.add_parser("ls", help="artifacts, or the versions of one").add_argument("name", nargs="?")
     show = verbs.add_parser("show", help="one version: files, metrics, metadata")
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("artifacts", "storage"):
             from flows import store_commands
 
+            if getattr(args, "storage", None):
+                quiet_prefect()  # the credentials block is read through Prefect's API
             return (store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage)(args)
         return cmd_serve(args) if args.command == "serve" else cmd_run(args)
     except AlignflowError as exc:

@@ -33,7 +33,7 @@ from tasks.stage import RunContext
 def post_train(spec: dict) -> dict:
     """Run the pipeline described by `spec` (a PipelineSpec as a dict) and return its summary."""
     spec = parse_spec(spec)
-    run = RunContext(spec.name, spec.store, str(default_cache_dir()))
+    run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage)
     steps, stages = Steps(spec.retry), spec.stages
     summary = {"name": spec.name, "store": spec.store, "status": "completed", "steps": steps.rows}
 
@@ -66,7 +66,7 @@ def post_train(spec: dict) -> dict:
                 get_run_logger().warning("gate rejected %s: %s", model.label, "; ".join(decision["reasons"]))
                 return publish_summary(dict(summary, status="rejected by gate", reasons=decision["reasons"]))
     if stages.deploy:
-        deployment = steps.run(deploy, run, model, stages.deploy, data.get("eval") or any_split(data))
+        deployment = steps.run(deploy, run, model, stages.deploy, any_split(data))
         summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
                        probe=deployment.metrics.get("smoke_prompt", "hello"))
         promote(run, model, report if stages.evaluate else None)
@@ -85,6 +85,7 @@ def publish_summary(summary: dict) -> dict:
 
 
 def any_split(data: dict):
+    """A dataset to draw probe prompts from, eval first (what users will ask), or None."""
     return data.get("eval") or data.get("sft") or data.get("preference")
 
 
@@ -102,5 +103,5 @@ def run_pipeline(spec: PipelineSpec) -> dict:
 
     from storage.results import result_settings
 
-    with temporary_settings(result_settings(spec.store)):
+    with temporary_settings(result_settings(spec.store, spec.storage)):
         return post_train(spec.to_dict())

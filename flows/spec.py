@@ -134,6 +134,7 @@ class PipelineSpec:
     data: DataSpec = field(default_factory=DataSpec)
     stages: Stages = field(default_factory=Stages)
     store: str = ".alignflow/store"
+    storage: Optional[str] = None  # a saved prefect-aws AwsCredentials block for an s3:// store
     retry: RetrySpec = field(default_factory=RetrySpec)
 
     def to_dict(self) -> dict:
@@ -212,6 +213,8 @@ def _cross_checks(spec: PipelineSpec) -> list[str]:
     for stage, split in needs.items():
         if getattr(spec.stages, stage) is not None and getattr(spec.data, split) is None:
             problems.append(f"stages.{stage}: needs data.{split}, which is not set")
+    if spec.storage and not spec.store.startswith("s3://"):
+        problems.append("storage: names credentials for an s3:// store, but store is a folder")
     if spec.stages.gate and not spec.stages.evaluate:
         problems.append("stages.gate: needs stages.evaluate, which is not set")
     return problems

@@ -102,7 +102,7 @@ def cmd_verify(store: ArtifactStore) -> int:
 
 
 def run_artifacts(args) -> int:
-    store = open_store(args.store or default_store())
+    store = open_store(args.store or default_store(), credentials_block=args.storage)
     if args.artifacts_command == "ls":
         cmd_ls(store, args.name)
     elif args.artifacts_command == "show":

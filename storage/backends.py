@@ -132,12 +132,12 @@ class LocalBackend:
             yield
 
 
-def backend_for(location: str) -> Backend:
-    """`s3://bucket/prefix` or a local folder."""
+def backend_for(location: str, credentials_block: str | None = None) -> Backend:
+    """`s3://bucket/prefix` (credentials from the environment or the named Prefect block) or a folder."""
     if location.startswith("s3://"):
         from storage.s3 import S3Backend
 
-        return S3Backend(location)
+        return S3Backend(location, credentials_block=credentials_block)
     if "://" in location:
         from alignflow.errors import ConfigError
 

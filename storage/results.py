@@ -20,23 +20,28 @@ def block_name(store_uri: str) -> str:
     return "alignflow-" + hashlib.sha256(store_uri.rstrip("/").encode()).hexdigest()[:12]
 
 
-def save_s3_block(store_uri: str) -> str:
+def save_s3_block(store_uri: str, credentials_block: str | None = None) -> str:
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
+    from storage.s3 import load_credentials_block
+
     parsed = urlparse(store_uri)
     folder = "/".join(p for p in (parsed.path.strip("/"), FOLDER) if p)
-    credentials = AwsCredentials(aws_client_parameters=AwsClientParameters(
-        config={"s3": {"addressing_style": "path"}, "retries": {"mode": "standard", "max_attempts": 6}}))
-    name = block_name(store_uri)
+    if credentials_block:  # a reference to the user's block: its secrets are not copied
+        credentials = load_credentials_block(credentials_block)
+    else:
+        credentials = AwsCredentials(aws_client_parameters=AwsClientParameters(
+            config={"s3": {"addressing_style": "path"}, "retries": {"mode": "standard", "max_attempts": 6}}))
+    name = block_name(store_uri + (f"#{credentials_block}" if credentials_block else ""))
     S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials).save(name, overwrite=True)
     return name
 
 
-def result_settings(store_uri: str) -> dict:
+def result_settings(store_uri: str, credentials_block: str | None = None) -> dict:
     """Prefect settings that send results and cache records into the store at `store_uri`."""
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
 
     if store_uri.startswith("s3://"):
-        return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: f"s3-bucket/{save_s3_block(store_uri)}"}
+        return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: f"s3-bucket/{save_s3_block(store_uri, credentials_block)}"}
     return {PREFECT_LOCAL_STORAGE_PATH: str(Path(store_uri) / FOLDER)}

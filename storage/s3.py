@@ -35,10 +35,13 @@ def transfer_config():
                           use_threads=True)
 
 
-def make_client(max_pool: int = 32, sign_payload: bool | None = None):
+def make_client(max_pool: int = 32, sign_payload: bool | None = None, credentials_block: str | None = None):
     """A boto3 S3 client for the store. `sign_payload=False` skips SigV4's sha256 of request bodies, which
     botocore otherwise computes over plain HTTP: for blobs, whose content alignflow verifies against its
-    own sha256 on every read, that second hash is pure cost."""
+    own sha256 on every read, that second hash is pure cost.
+
+    Credentials, region and endpoint come from the AWS environment, or from a saved prefect-aws
+    `AwsCredentials` block when `credentials_block` names one."""
     import boto3
     from botocore.config import Config
 
@@ -48,19 +51,36 @@ def make_client(max_pool: int = 32, sign_payload: bool | None = None):
     config = Config(s3=s3, retries={"mode": "standard", "max_attempts": 6},
                     max_pool_connections=max_pool, connect_timeout=5, read_timeout=60,
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
-    return boto3.session.Session().client("s3", config=config, region_name=os.environ.get(
-        "AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")))
+    region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    if not credentials_block:
+        return boto3.session.Session().client("s3", config=config, region_name=region)
+    block = load_credentials_block(credentials_block)
+    return block.get_boto3_session().client("s3", config=config, region_name=block.region_name or region,
+                                            endpoint_url=block.aws_client_parameters.endpoint_url)
+
+
+def load_credentials_block(name: str):
+    """The saved prefect-aws AwsCredentials block `name` (what the spec's `storage:` names)."""
+    from prefect_aws import AwsCredentials
+
+    try:
+        return AwsCredentials.load(name.removeprefix("aws-credentials/"))
+    except ValueError:
+        raise ConfigError(f"storage: no saved Prefect block {name!r} of type aws-credentials. Save one with "
+                          "`AwsCredentials(...).save(NAME)` (prefect-aws), or leave `storage` unset to use the "
+                          "AWS environment", "spec") from None
 
 
 class S3Backend:
-    def __init__(self, uri: str, client=None):
+    def __init__(self, uri: str, client=None, credentials_block: str | None = None):
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigError(f"store {uri!r}: expected s3://bucket[/prefix]", "store")
         self.uri, self.bucket = uri.rstrip("/"), parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self.client = client or make_client()
-        self.blob_client = client or make_client(sign_payload=False)  # blobs are verified by content hash
+        self.client = client or make_client(credentials_block=credentials_block)
+        # blobs are verified by their content hash on read: no second hash of each body for the signature
+        self.blob_client = client or make_client(sign_payload=False, credentials_block=credentials_block)
         self._transfer = transfer_config()
 
     def _key(self, key: str) -> str:

@@ -323,6 +323,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ALIGNFLOW_CACHE", Path.home() / ".cache" / "alignflow"))
 
 
-def open_store(location: str, cache_dir: str | Path | None = None) -> ArtifactStore:
+def open_store(location: str, cache_dir: str | Path | None = None,
+               credentials_block: str | None = None) -> ArtifactStore:
     """`open_store(".alignflow/store")` or `open_store("s3://bucket/prefix")`."""
-    return ArtifactStore(backend_for(location), cache_dir or default_cache_dir())
+    return ArtifactStore(backend_for(location, credentials_block), cache_dir or default_cache_dir())

@@ -181,7 +181,7 @@ def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logge
 
 
 @stage("deploy", cached=False)
-def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef) -> ArtifactRef:
+def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None) -> ArtifactRef:
     from prefect import get_run_logger
 
     logger, store = get_run_logger(), run.open_store()
@@ -193,7 +193,7 @@ def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: Arti
     if current and config.port and current["endpoint"].endswith(f":{config.port}/v1"):
         stop_server(current)  # a fixed port cannot hold two servers: replace in place
         current = None
-    question = first_question(store.get_dir(probe) / "data.jsonl")
+    question = first_question(store.get_dir(probe) / "data.jsonl") if probe else "Hello!"
     record = start_server(run, model, config, logger)
     try:
         record["smoke"] = smoke_test(record["endpoint"], run.name, question)

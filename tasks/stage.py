@@ -39,9 +39,10 @@ class RunContext:
     name: str  # the pipeline's name: prefixes every artifact it writes (demo/sft, demo/dpo, ...)
     store: str  # a folder or an s3:// URI
     cache_dir: str  # local download cache and scratch space
+    credentials_block: str | None = None  # a prefect-aws AwsCredentials block for an s3:// store
 
     def open_store(self) -> ArtifactStore:
-        return open_store(self.store, self.cache_dir)
+        return open_store(self.store, self.cache_dir, self.credentials_block)
 
     def workdir(self) -> Path:
         """Scratch space of the running stage, keyed like its cache entry: stable across retries (so a
