@@ -30,6 +30,8 @@ class Steps:
         if isinstance(result, ArtifactRef) and result.metrics.get("action") == "unchanged":
             status = "unchanged"  # an idempotent stage found its work already done
         row = {"stage": label or task.name, "status": status, "seconds": round(time.monotonic() - started, 1)}
+        if isinstance(result, dict) and "passed" in result:  # the gate's decision
+            row["metric"] = "passed" if result["passed"] else "rejected"
         if isinstance(result, ArtifactRef):
             metric = KEY_METRICS.get(task.name)
             row.update(artifact=result.label, digest=result.short_digest,

@@ -130,6 +130,8 @@ def server_env(cache_dir: str) -> dict:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU hosts; vLLM's default takes 4
     for var in ("PYTHONPATH", "VIRTUAL_ENV"):  # the serve env is its own world
         env.pop(var, None)
+    for var in [v for v in env if v.startswith("AWS_") or v.endswith(("_TOKEN", "_SECRET", "_PASSWORD", "_KEY"))]:
+        env.pop(var)  # the server reads a local folder: it gets no store or hub credentials
     return env
 
 
@@ -144,7 +146,6 @@ def wait_healthy(proc: subprocess.Popen, endpoint: str, log_path: Path, timeout:
             return
         except (urllib.error.URLError, OSError):
             time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)
     raise TransientError(f"deploy: vLLM did not answer /health within {timeout:.0f}s (stages.deploy.start_timeout). "
                          f"Last lines of {log_path}:\n{_tail(log_path)}")
 
@@ -173,7 +174,13 @@ def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logge
                                 env=server_env(run.cache_dir), start_new_session=True, cwd=str(state_dir()))
     endpoint = f"http://{config.host}:{port}/v1"
     started = time.monotonic()
-    wait_healthy(proc, endpoint.removesuffix("/v1"), log_path, config.start_timeout)
+    try:
+        wait_healthy(proc, endpoint.removesuffix("/v1"), log_path, config.start_timeout)
+    except BaseException:  # a timeout, a crash, Ctrl-C: never leave an unrecorded server behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
     logger.info("deploy: vLLM healthy after %.0fs", time.monotonic() - started)
     return {"name": run.name, "endpoint": endpoint, "pid": proc.pid, "command": cmd, "log": str(log_path),
             "model": {"name": model.name, "version": model.version, "digest": model.digest},

@@ -4,14 +4,18 @@
 question/answer rows: a whole answer is right or wrong, no partial credit for noise); `metric: rouge` uses
 EvalScope's `general_qa` (Rouge-L recall). The flow evaluates the candidate and the base model with the
 same settings, so their scores compare.
-Output: an `eval_report` artifact (score, per-sample predictions, EvalScope's report), and a Prefect
-table artifact in the dashboard.
+Output: an `eval_report` artifact (score, per-sample predictions, EvalScope's report and log), and a
+Prefect table artifact in the dashboard. EvalScope runs in a child process: importing it reconfigures the
+process's root logger, and its memory and any crash stay out of the Prefect worker.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from alignflow.errors import StageError
@@ -73,9 +77,22 @@ def read_score(work_dir: Path) -> dict:
     raise StageError(f"evaluate: report {reports[0]} has no metric matching {wanted}")
 
 
+def run_evalscope(model_dir: Path, data_dir: Path, work_dir: Path, config: EvaluateStage, logger) -> None:
+    """`python -m tasks.evaluate JOB`: EvalScope's whole output goes to `work_dir/evalscope.log`."""
+    job = {"model": str(model_dir), "data": str(data_dir), "work": str(work_dir), "config": asdict(config)}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path = work_dir / "evalscope.log"
+    logger.info("evaluate: EvalScope generating answers for the eval split (log: %s)", log_path)
+    with open(log_path, "w") as log:
+        code = subprocess.run([sys.executable, "-m", "tasks.evaluate", json.dumps(job)], stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise StageError(f"evaluate: EvalScope failed with exit code {code}. Last lines of {log_path}:\n{tail}")
+
+
 @stage("evaluate", libraries=LIBRARIES)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str) -> ArtifactRef:
-    from evalscope import run_task
     from prefect import get_run_logger
     from prefect.artifacts import create_table_artifact
 
@@ -86,7 +103,7 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
     data_dir.mkdir(exist_ok=True)
     out.mkdir()
     shutil.copyfile(store.get_dir(data) / "data.jsonl", data_dir / f"{SUBSET}_test.jsonl")
-    run_task(task_cfg=task_config(store.get_dir(model), data_dir, work_dir, config))
+    run_evalscope(store.get_dir(model), data_dir, work_dir, config, get_run_logger())
     score = read_score(work_dir)
     summary = {**score, "model": {"name": model.name, "version": model.version, "digest": model.digest}}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
@@ -94,6 +111,7 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
         shutil.copyfile(path, out / "evalscope_report.json")
     for path in work_dir.glob("predictions/*/*.jsonl"):
         shutil.copyfile(path, out / "predictions.jsonl")
+    shutil.copyfile(work_dir / "evalscope.log", out / "evalscope.log")
     get_run_logger().info("evaluate %s %s: %s = %.3f on %d samples", role, model.label, score["metric"],
                           score["score"], score["samples"])
     create_table_artifact(key=f"{run.name}-eval-{role}".replace("_", "-").replace(".", "-"),
@@ -101,3 +119,11 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
                           description=f"EvalScope {score['metric']} of the {role} model")
     return publish(run, f"eval-{role}", "eval_report", out, stage="evaluate", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=score)
+
+
+if __name__ == "__main__":  # the child process of run_evalscope
+    from evalscope import run_task
+
+    job = json.loads(sys.argv[1])
+    run_task(task_cfg=task_config(Path(job["model"]), Path(job["data"]), Path(job["work"]),
+                                  EvaluateStage(**job["config"])))
