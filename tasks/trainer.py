@@ -26,6 +26,7 @@ from pathlib import Path
 from alignflow.errors import AlignflowError, ConfigError, StageError, TransientError
 
 PROGRESS = "@@alignflow-progress "
+SEED = 42
 
 
 def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None) -> dict:
@@ -96,7 +97,7 @@ def trl_args(config_cls, job: dict, **fields):
         gradient_checkpointing=cuda,  # saves GPU memory; on CPU it only costs time
         lr_scheduler_type="cosine", warmup_steps=0.05,  # a fraction of the run
         logging_steps=0.05, save_strategy="steps", save_steps=0.2, save_total_limit=2,  # fractions of the run
-        report_to=[], disable_tqdm=True, seed=42, dataloader_num_workers=0,
+        report_to=[], disable_tqdm=True, seed=SEED, dataloader_num_workers=0,
     )
     args.update(fields)
     args.update(cfg.get("trainer_args") or {})
@@ -130,11 +131,19 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def save(trl_trainer, tokenizer, output: str) -> None:
-    """Save weights (or the adapter) and tokenizer; drop the model card, which names local paths and would
-    make the artifact's digest depend on the machine."""
+    """Save weights (or the adapter) and tokenizer, and nothing that names local paths: the same training
+    on another machine must give the same bytes, hence the same digest and the same downstream cache hits."""
     trl_trainer.save_model(output)
     tokenizer.save_pretrained(output)
-    (Path(output) / "README.md").unlink(missing_ok=True)
+    for machine_specific in ("README.md", "training_args.bin"):  # model card; pickled args with output_dir
+        (Path(output) / machine_specific).unlink(missing_ok=True)
+    adapter_config = Path(output) / "adapter_config.json"
+    if adapter_config.exists():  # the base is recorded in the artifact's metadata, by digest
+        config = json.loads(adapter_config.read_text())
+        config["base_model_name_or_path"] = None
+        if isinstance(config.get("target_modules"), list):  # saved from a set: order varies per process
+            config["target_modules"] = sorted(config["target_modules"])
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def progress_callback():
@@ -160,6 +169,9 @@ def main(job_path: str) -> int:
     workdir = Path(job["workdir"])
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
+        from transformers import set_seed
+
+        set_seed(SEED)  # before any model is built: a new head (the reward model's) starts the same everywhere
         module = importlib.import_module(f"tasks.{job['stage_module']}")
         metrics = module.run_training(job)
     except Exception as exc:  # reported to the parent, which decides whether to retry

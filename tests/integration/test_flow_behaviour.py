@@ -69,3 +69,40 @@ def test_cache_hit_requires_the_artifact_to_still_exist(tmp_path):
     assert third.status()["convert_dataset[eval]"] == "ran"
     assert third.status()["convert_dataset[sft]"] == "cached"
     assert store.exists(store.ref("small/data-eval"))
+
+
+@pytest.mark.slow
+def test_same_inputs_on_another_machine_give_the_same_digests(tmp_path):
+    """Nothing machine-specific (paths, pickled arguments, unseeded heads) may leak into an artifact."""
+    spec_text = """
+name: twin
+model: builtin://tiny-qwen2
+data: {sft: builtin://reverse/sft, preference: builtin://reverse/preference}
+stages:
+  sft: {tuner: lora, max_length: 64, trainer_args: {max_steps: 6}}
+  reward: {max_length: 64, trainer_args: {max_steps: 4}}
+  dpo: {max_length: 64, trainer_args: {max_steps: 4}}
+"""
+    digests = []
+    for machine in ("a", "b"):
+        spec = write_spec(tmp_path / f"{machine}.yaml", spec_text + f"store: {tmp_path / machine / 'store'}\n")
+        result = run_cli("run", str(spec), env={"ALIGNFLOW_CACHE": str(tmp_path / machine / "cache")})
+        assert result.code == 0, result.output[-3000:]
+        digests.append({row["stage"]: row["digest"] for row in result.summary["steps"]})
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.slow
+def test_gate_rejection_stops_before_deploy_with_reasons(tmp_path):
+    spec = write_spec(tmp_path / "g.yaml", SMALL.format(store=tmp_path / "store") + """
+stages:
+  evaluate: {max_tokens: 8, limit: 20}
+  gate: {min_score: 0.5}
+  deploy: {}
+""")
+    result = run_cli("run", str(spec))
+    assert result.code == 3, result.output[-3000:]
+    assert result.summary["status"] == "rejected by gate"
+    assert "score 0.000 is below min_score 0.500" in result.stdout
+    assert "deploy" not in result.status() and "endpoint" not in result.summary
+    assert open_store(str(tmp_path / "store")).versions("small/deployment") == []
