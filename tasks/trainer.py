@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from alignflow.errors import AlignflowError, ConfigError, StageError, TransientError
+from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
 
 PROGRESS = "@@alignflow-progress "
 SEED = 42
@@ -63,9 +63,10 @@ def child_failure(stage: str, workdir: Path, code: int, tail: list[str]) -> Alig
     failure = workdir / "failure.json"
     if failure.exists():
         info = json.loads(failure.read_text())
-        kind = {"ConfigError": ConfigError, "TransientError": TransientError}.get(info["type"], StageError)
+        kind = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}.get(
+            info["type"], StageError)
         message = f"{stage}: {info['message']}"
-        return kind(message, "stage config") if kind is ConfigError else kind(message)
+        return ConfigError(message, "stage config") if kind is ConfigError else kind(message)
     last = "\n".join(tail[-15:])
     return TransientError(f"{stage}: the trainer process ended without a result (exit code {code}; killed or "
                           f"out of memory?). A retry resumes from the last checkpoint. Last output:\n{last}")
@@ -101,7 +102,11 @@ def trl_args(config_cls, job: dict, **fields):
     )
     args.update(fields)
     args.update(cfg.get("trainer_args") or {})
-    return config_cls(**args)
+    try:
+        return config_cls(**args)
+    except (TypeError, ValueError) as exc:  # an unknown or invalid trainer_args entry
+        raise ConfigError(f"trainer_args: trl.{config_cls.__name__} refused the arguments: {exc}",
+                          "stage config") from None
 
 
 def train(trainer, job: dict) -> dict:
@@ -164,6 +169,15 @@ def progress_callback():
     return Progress()
 
 
+def describe_failure(exc: Exception) -> dict:
+    """Our own errors keep their class (a ConfigError is not retried); anything else is a StageError."""
+    if isinstance(exc, ConfigError):
+        return {"type": "ConfigError", "message": "; ".join(exc.problems)}
+    if isinstance(exc, AlignflowError):
+        return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": "StageError", "message": f"{type(exc).__name__}: {exc}"}
+
+
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     workdir = Path(job["workdir"])
@@ -176,8 +190,7 @@ def main(job_path: str) -> int:
         metrics = module.run_training(job)
     except Exception as exc:  # reported to the parent, which decides whether to retry
         if rank0:
-            kind = "ConfigError" if isinstance(exc, (ConfigError, TypeError, ValueError)) else type(exc).__name__
-            (workdir / "failure.json").write_text(json.dumps({"type": kind, "message": f"{type(exc).__name__}: {exc}"}))
+            (workdir / "failure.json").write_text(json.dumps(describe_failure(exc)))
         raise
     if rank0:
         (workdir / "result.json").write_text(json.dumps(metrics))
