@@ -42,7 +42,7 @@ class RunContext:
     credentials_block: str | None = None  # a prefect-aws AwsCredentials block for an s3:// store
 
     def open_store(self) -> ArtifactStore:
-        return open_store(self.store, self.cache_dir, self.credentials_block)
+        return _open_store_once(self.store, self.cache_dir, self.credentials_block)
 
     def workdir(self) -> Path:
         """Scratch space of the running stage, keyed like its cache entry: stable across retries (so a
@@ -50,6 +50,13 @@ class RunContext:
         path = stage_workdir(self.cache_dir, *_current_stage.get())
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+@functools.lru_cache(maxsize=8)
+def _open_store_once(store: str, cache_dir: str, credentials_block: str | None) -> ArtifactStore:
+    """One store (and one pair of boto3 clients, which are thread-safe) per location and process: every
+    cache-key check and every stage would otherwise build its own."""
+    return open_store(store, cache_dir, credentials_block)
 
 
 def stage_workdir(cache_dir: str, stage: str, key: str) -> Path:
