@@ -51,6 +51,12 @@ def parallel(fn, items: list, workers: int = 8) -> list:
         return list(pool.map(fn, items))
 
 
+def manifest_digest(manifest: dict) -> str:
+    """An artifact's identity: the hash of its manifest without lineage (who made it is not what it is)."""
+    content = {k: v for k, v in manifest.items() if k != "lineage"}
+    return "sha256:" + hashlib.sha256(canonical_json(content)).hexdigest()
+
+
 def blob_key(hexdigest: str) -> str:
     return f"blobs/sha256/{hexdigest[:2]}/{hexdigest[2:]}"
 
@@ -84,8 +90,7 @@ class ArtifactStore:
         """Upload a folder as the next version of `name` (or return the latest, if identical)."""
         files = self._upload_tree(Path(src))
         manifest = {"kind": kind, "files": files, "metadata": metadata or {}, "metrics": metrics or {}}
-        digest = "sha256:" + hashlib.sha256(canonical_json(manifest)).hexdigest()
-        # lineage is recorded beside the content but is not part of its identity
+        digest = manifest_digest(manifest)
         record = dict(manifest, lineage=lineage or {})
         if not self.backend.exists(manifest_key(digest)):
             try:
@@ -146,11 +151,10 @@ class ArtifactStore:
         return json.loads(data)
 
     def manifest(self, digest: str) -> dict:
-        data, _ = self.backend.get(manifest_key(digest))
-        if "sha256:" + hashlib.sha256(canonical_json({k: v for k, v in json.loads(data).items()
-                                                      if k != "lineage"})).hexdigest() != digest:
+        manifest = json.loads(self.backend.get(manifest_key(digest))[0])
+        if manifest_digest(manifest) != digest:
             raise StorageError(f"manifest {digest} in {self.uri} does not match its digest: the store is corrupt")
-        return json.loads(data)
+        return manifest
 
     def ref(self, name: str, selector: int | str = "latest") -> ArtifactRef:
         """`ref("demo/sft", 3)`, `ref("demo/sft", "production")` or `ref("demo/sft")` (the newest version)."""
@@ -207,8 +211,7 @@ class ArtifactStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         os.close(fd)
         try:
-            self.backend.get_file(blob_key(hexdigest), Path(tmp))
-            actual = sha256_file(Path(tmp))
+            actual = self._fetch_blob(hexdigest, Path(tmp))
             if actual != hexdigest:
                 raise StorageError(
                     f"blob {hexdigest[:12]} of {ref.label} is corrupt in store {self.uri} "
@@ -221,6 +224,11 @@ class ArtifactStore:
             Path(tmp).unlink(missing_ok=True)
         return path
 
+    def _fetch_blob(self, hexdigest: str, dest: Path) -> str:
+        """Download a blob to `dest` and return the sha256 of what arrived (ObjectNotFound if absent)."""
+        self.backend.get_file(blob_key(hexdigest), dest)
+        return sha256_file(dest)
+
     @staticmethod
     def _mkdir(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
@@ -229,11 +237,8 @@ class ArtifactStore:
     # ---- aliases ---------------------------------------------------------------------------------
 
     def alias_target(self, name: str, alias: str) -> int | None:
-        try:
-            data, _ = self.backend.get(f"artifacts/{name}/aliases/{alias}.json")
-        except ObjectNotFound:
-            return None
-        return json.loads(data)["version"]
+        record, _ = self.read_alias(name, alias)
+        return record["version"] if record else None
 
     def promote(self, ref: ArtifactRef, alias: str) -> None:
         """Point `alias` at `ref`, by compare-and-swap: a concurrent promotion raises ConflictError."""
@@ -310,8 +315,7 @@ class ArtifactStore:
         fd, tmp = tempfile.mkstemp(prefix="alignflow-verify-")
         os.close(fd)
         try:
-            self.backend.get_file(blob_key(hexdigest), Path(tmp))
-            actual = sha256_file(Path(tmp))
+            actual = self._fetch_blob(hexdigest, Path(tmp))
             return None if actual == hexdigest else f"corrupt (content hashes to {actual[:12]})"
         except ObjectNotFound:
             return "missing"
