@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import shutil
+import statistics
 import tempfile
 import time
 import uuid

@@ -113,7 +113,8 @@ def _wait_ready(proc: subprocess.Popen, info: dict, home: Path, timeout: float) 
         except OSError:
             time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise StorageError(f"SeaweedFS did not answer on {info['endpoint']} within {timeout:.0f}s; see {home / 'server.log'}")
+    raise StorageError(f"SeaweedFS did not answer on {info['endpoint']} within {timeout:.0f}s; "
+                       f"see {home / 'server.log'}")
 
 
 def _create_bucket(info: dict, creds: dict, bucket: str) -> None:

@@ -5,8 +5,6 @@ needs its artifact."""
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 

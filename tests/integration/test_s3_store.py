@@ -10,7 +10,6 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -65,7 +64,8 @@ def test_an_independent_client_can_audit_every_manifest_and_blob(s3_demo):
         manifest = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
         for info in manifest["files"].values():
             digest = info["sha256"]
-            body = client.get_object(Bucket=BUCKET, Key=f"{prefix}/blobs/sha256/{digest[:2]}/{digest[2:]}")["Body"].read()
+            key = f"{prefix}/blobs/sha256/{digest[:2]}/{digest[2:]}"
+            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             assert len(body) == info["size"] and hashlib.sha256(body).hexdigest() == digest
             checked += 1
     assert checked >= 20

@@ -20,7 +20,8 @@ def test_common_sft_shapes_become_messages():
     expected = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert to_sft({"query": "q", "response": "a"})["messages"] == expected
     assert to_sft({"instruction": "q", "output": "a"})["messages"] == expected
-    assert to_sft({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]})["messages"] == expected
+    sharegpt = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    assert to_sft(sharegpt)["messages"] == expected
     assert to_sft({"messages": expected}) == {"messages": expected}
 
 
