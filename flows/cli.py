@@ -7,6 +7,10 @@
     alignflow artifacts ls [NAME] | show NAME[@V] [--lineage] | get NAME[@V] DEST | promote NAME@V ALIAS
                         | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
     alignflow storage up | down | status
+    alignflow server up [--database URL] | down | status | logs [server|worker]
+    alignflow deploy [SPEC] [--set ...]      apply prefect.yaml's deployments for a pipeline
+    alignflow data add NAME SOURCE           register raw data as the next version of NAME
+    alignflow data scan SPEC                 what the watch-data deployment does, once, here
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 from alignflow.errors import AlignflowError
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
-EXIT_REJECTED = 3
+EXIT_REJECTED = 3  # the gate rejected the candidate
+EXIT_SUPERSEDED = 4  # another run promoted first: this candidate was judged against a stale production
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("status", "is it running?")):
         storage_sub.add_parser(name, help=text)
 
+    add_service_parsers(sub)
     serve = sub.add_parser("serve", help="list or stop the model servers started by deploy")
     serve_sub = serve.add_subparsers(dest="serve_command", required=True)
     serve_sub.add_parser("ls", help="list servers")
@@ -53,6 +59,40 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("name", nargs="?", help="pipeline name of the server to stop")
     stop.add_argument("--all", action="store_true", help="stop every server")
     return parser
+
+
+def add_service_parsers(sub) -> None:
+    server = sub.add_parser("server", help="a Prefect server and worker for the dashboard, schedules and triggers")
+    verbs = server.add_subparsers(dest="server_command", required=True)
+    up = verbs.add_parser("up", help="start them (loopback, detached); print the dashboard URL")
+    up.add_argument("--database", metavar="URL", help="the server's database (default: SQLite in PREFECT_HOME)")
+    up.add_argument("--slots", type=int, default=1, help="slots of the accelerator concurrency limit (default 1)")
+    up.add_argument("--port", type=int, help="the server's port (default: the last one, else 4200 if free; 0: any "
+                                             "free port)")
+    verbs.add_parser("down", help="stop exactly what `up` started")
+    verbs.add_parser("status", help="server, worker, pool and deployments")
+    logs = verbs.add_parser("logs", help="the last lines of the server's or the worker's log")
+    logs.add_argument("which", nargs="?", choices=["server", "worker"], default="worker")
+    logs.add_argument("-n", "--lines", type=int, default=40)
+
+    deploy = sub.add_parser("deploy", help="apply prefect.yaml's deployments (manual, nightly, on-new-data, "
+                                           "watch-data) for a pipeline spec")
+    deploy.add_argument("spec", nargs="?", help="pipeline spec (default: deployments/demo.yaml)")
+    deploy.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    deploy.add_argument("--store", help="artifact store for the deployed runs (overrides the spec)")
+    deploy.add_argument("--pool", default="alignflow", help="work pool of the post-train deployments (default: "
+                                                            "the process pool alignflow)")
+    deploy.add_argument("--project-dir", help="where workers find this project (default: this checkout)")
+
+    data = sub.add_parser("data", help="register raw data versions; scan watched sources")
+    data_verbs = data.add_subparsers(dest="data_command", required=True)
+    add = data_verbs.add_parser("add", help="store a file, folder or s3:// prefix as the next version of NAME "
+                                            "and announce it (alignflow.dataset.updated)")
+    add.add_argument("name", metavar="NAME", help="dataset name, PIPELINE/NAME, e.g. demo/sft-extra")
+    add.add_argument("source", metavar="SOURCE")
+    add.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or .alignflow/store)")
+    scan = data_verbs.add_parser("scan", help="scan a spec's watched sources once, as watch-data does")
+    scan.add_argument("spec")
 
 
 def add_artifacts_parser(sub) -> None:
@@ -93,14 +133,18 @@ def cmd_run(args) -> int:
         spec.store = str(Path(spec.store).expanduser().resolve())
     quiet_prefect()
     from flows.post_train import run_pipeline
+    from flows.server import prefect_api
     from flows.summary import render
 
-    summary = run_pipeline(spec)
+    with prefect_api():
+        summary = run_pipeline(spec)
     print("\n" + render(summary))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(summary, indent=2))
-    return EXIT_REJECTED if summary["status"].startswith("rejected") else 0
+    if summary["status"].startswith("rejected"):
+        return EXIT_REJECTED
+    return EXIT_SUPERSEDED if summary["status"] == "superseded" else 0
 
 
 def cmd_serve(args) -> int:
@@ -125,21 +169,48 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("artifacts", "storage"):
-            from flows import store_commands
-
-            if getattr(args, "storage", None):
-                quiet_prefect()  # the credentials block is read through Prefect's API
-            return (store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage)(args)
-        return cmd_serve(args) if args.command == "serve" else cmd_run(args)
+        return dispatch(args)
     except AlignflowError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except RuntimeError as exc:  # Prefect's own "cannot reach the API" errors: one line, not a traceback
+        if args.debug or not prefect_unreachable(exc):
+            raise
+        print(f"error: {prefect_unreachable(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def dispatch(args) -> int:
+    if args.command in ("artifacts", "storage"):
+        from flows import store_commands
+
+        if getattr(args, "storage", None):
+            quiet_prefect()  # the credentials block is read through Prefect's API
+        return (store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage)(args)
+    if args.command in ("server", "deploy", "data"):
+        from flows import service_commands
+
+        quiet_prefect()
+        return getattr(service_commands, f"cmd_{args.command}")(args)
+    return cmd_serve(args) if args.command == "serve" else cmd_run(args)
+
+
+def prefect_unreachable(exc: RuntimeError) -> str | None:
+    """The fix for Prefect's start-up failures, or None for any other RuntimeError."""
+    text = str(exc)
+    if text.startswith("Failed to reach API"):
+        return (f"Prefect: {text.split(' (')[0]}: the server stopped answering. Fix: `alignflow server status`, "
+                "then `alignflow server up`, or unset PREFECT_API_URL")
+    if text.startswith("Timed out while attempting to connect to ephemeral Prefect API"):
+        return ("Prefect's temporary API did not start in time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS). "
+                "Fix: `alignflow server up` starts a lasting server that every run then uses at once, or raise "
+                "that timeout")
+    return None
 
 
 if __name__ == "__main__":

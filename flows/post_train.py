@@ -4,19 +4,23 @@
       -> train_dpo -> merge -> quantize -> evaluate (candidate and base) -> gate -> deploy
 
 Stages absent from the spec are skipped; each stage receives the newest model so far. Every stage is a
-cached, retried task (tasks/stage.py); this file only orchestrates.
+cached, retried task (tasks/stage.py); this file only orchestrates. Its parameters are typed, so the
+Prefect dashboard renders the spec as a run form; what the form sends is validated like a YAML file.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import contextlib
+from typing import Optional
 
 from prefect import flow, get_run_logger
 
+from flows.dashboard import flow_run_name
 from flows.spec import PipelineSpec, parse_spec
 from flows.summary import Steps
+from storage import ArtifactRef
+from storage.results import result_storage
 from storage.store import default_cache_dir
-from tasks.convert import convert_dataset
 from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
@@ -29,18 +33,18 @@ from tasks.sft import train_sft
 from tasks.stage import RunContext
 
 
-@flow(name="post-train", persist_result=False)  # the summary is printed and kept as an artifact
-def post_train(spec: dict) -> dict:
-    """Run the pipeline described by `spec` (a PipelineSpec as a dict) and return its summary."""
-    spec = parse_spec(spec)
-    run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage)
-    steps, stages = Steps(spec.retry), spec.stages
+@flow(name="post-train", flow_run_name=flow_run_name, persist_result=False, validate_parameters=False)
+def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
+    """Post-train and ship one pipeline. `dataset` (NAME@VERSION): the dataset version whose arrival
+    started this run; data sources that name that dataset use exactly that version."""
+    spec = parse_spec(spec)  # what the dashboard's form sends gets the same checks as a YAML file
+    run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit)
+    steps, stages = Steps(spec, result_storage(spec.store, spec.storage)), spec.stages
     summary = {"name": spec.name, "store": spec.store, "status": "completed", "steps": steps.rows}
+    prepare_run(spec)
 
     base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
-    data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source),
-                             label=f"convert_dataset[{split}]")
-            for split, source in asdict(spec.data).items() if source}
+    data = convert_all(steps, run, spec, dataset)
     model = base
     if stages.sft:
         model = steps.run(train_sft, run, model, data["sft"], stages.sft)
@@ -54,6 +58,7 @@ def post_train(spec: dict) -> dict:
         model = steps.run(quantize, run, model, data.get("sft") or any_split(data), stages.quantize)
     summary.update(model=model.label, digest=model.digest)
 
+    report, decision = None, None
     if stages.evaluate:
         report = steps.run(evaluate, run, model, data["eval"], stages.evaluate, "candidate",
                            label="evaluate[candidate]")
@@ -62,15 +67,87 @@ def post_train(spec: dict) -> dict:
                              "base": base_report.metrics["score"]}
         if stages.gate:
             decision = steps.run(gate, run, report, base_report, stages.gate)
+            show_scores(run, report, base_report, decision)
             if not decision["passed"]:
-                get_run_logger().warning("gate rejected %s: %s", model.label, "; ".join(decision["reasons"]))
-                return publish_summary(dict(summary, status="rejected by gate", reasons=decision["reasons"]))
-    if stages.deploy:
-        deployment = steps.run(deploy, run, model, stages.deploy, any_split(data))
+                return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
+    if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
+        return ship(steps, run, spec, summary, model, report, decision, any_split(data))
+    return publish_summary(summary)
+
+
+def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model: ArtifactRef,
+         report: ArtifactRef | None, decision: dict | None, probe: ArtifactRef | None) -> dict:
+    """Claim production for the report the gate judged (compare-and-swap against the production the gate
+    saw: a run that lost the race reports it and deploys nothing), serve the model if the spec deploys,
+    then point the model's `production` alias at it. A failed deploy gives the claim back."""
+    from alignflow.errors import ConflictError
+    from flows.dashboard import show_endpoint
+
+    store, claimed = run.open_store(), False
+    if report is not None:
+        try:
+            claimed = store.promote(report, PRODUCTION, decision["production_version"] if decision else ...)
+        except ConflictError as exc:
+            return not_shipped(spec, summary, "superseded", [f"production moved while this run was judged: {exc}"])
+    if spec.stages.deploy:
+        try:
+            deployment = steps.run(deploy, run, model, spec.stages.deploy, probe)
+        except BaseException:
+            if claimed:  # give production back to what it was, unless someone moved it since
+                with contextlib.suppress(ConflictError):
+                    store.rollback(report.name, PRODUCTION, expected=report.version)
+            raise
+        show_endpoint(spec.name, deployment.metrics["endpoint"], model)
         summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
                        probe=deployment.metrics.get("smoke_prompt", "hello"))
-        promote(run, model, report if stages.evaluate else None)
+    store.promote(model, PRODUCTION)
+    summary["production"] = model.label
     return publish_summary(summary)
+
+
+def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> dict[str, ArtifactRef]:
+    """Convert each split; `store://` sources are pinned to one registered version first. The run is then
+    renamed after the data versions it trains on."""
+    from flows.dashboard import label_run
+    from flows.data_versions import resolve_sources
+    from tasks.convert import convert_dataset
+
+    sources = resolve_sources(run.open_store(), spec.data.model_dump(), dataset)
+    data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source), raw,
+                             label=f"convert_dataset[{split}]")
+            for split, (source, raw) in sources.items()}
+    label_run(spec.name, stage_names(spec), {split: ref.label for split, ref in data.items()})
+    return data
+
+
+def prepare_run(spec: PipelineSpec) -> None:
+    """Tag the run with its pipeline and stages, and make sure the accelerator concurrency limit exists."""
+    from flows.dashboard import label_run
+    from flows.server import ensure_concurrency_limit
+
+    label_run(spec.name, stage_names(spec))
+    ensure_concurrency_limit(spec.service.accelerator_limit, spec.service.accelerator_slots)
+
+
+def stage_names(spec: PipelineSpec) -> list[str]:
+    return [name for name, config in spec.stages if config is not None and name != "merge"]
+
+
+def show_scores(run: RunContext, report: ArtifactRef, base: ArtifactRef, decision: dict) -> None:
+    from flows.dashboard import show_evaluation
+
+    version = decision.get("production_version")
+    production = run.open_store().ref(report.name, version) if version else None
+    show_evaluation(run.name, report.metrics["metric"], report, base, production)
+
+
+def not_shipped(spec: PipelineSpec, summary: dict, status: str, reasons: list[str]) -> dict:
+    """The candidate stays unserved: say why in the summary, the log and an event (notifications)."""
+    from flows.dashboard import announce_not_shipped
+
+    get_run_logger().warning("%s: %s", status, "; ".join(reasons))
+    announce_not_shipped(spec.name, status, reasons)
+    return publish_summary(dict(summary, status=status, reasons=reasons))
 
 
 def publish_summary(summary: dict) -> dict:
@@ -78,8 +155,9 @@ def publish_summary(summary: dict) -> dict:
     from prefect.artifacts import create_markdown_artifact
 
     from flows.summary import render
+    from tasks.report import artifact_key
 
-    create_markdown_artifact(key=f"{summary['name']}-run-summary".replace("_", "-").replace(".", "-"),
+    create_markdown_artifact(key=artifact_key(summary["name"], "run-summary"),
                              markdown=f"```\n{render(summary)}\n```", description="alignflow run summary")
     return summary
 
@@ -89,19 +167,6 @@ def any_split(data: dict):
     return data.get("eval") or data.get("sft") or data.get("preference")
 
 
-def promote(run: RunContext, model, report) -> None:
-    """Mark what is now served as production: the model and the report it was judged by."""
-    store = run.open_store()
-    store.promote(model, PRODUCTION)
-    if report is not None:
-        store.promote(report, PRODUCTION)
-
-
 def run_pipeline(spec: PipelineSpec) -> dict:
-    """Run the flow in this process, keeping Prefect's results and cache records in the artifact store."""
-    from prefect.settings import temporary_settings
-
-    from storage.results import result_settings
-
-    with temporary_settings(result_settings(spec.store, spec.storage)):
-        return post_train(spec.to_dict())
+    """Run the flow in this process (the CLI's `alignflow run`)."""
+    return post_train(spec)

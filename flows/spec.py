@@ -1,151 +1,123 @@
 """`PipelineSpec`: the validated YAML that names a pipeline's model, data, stages and store.
 
-Validation collects every problem with its field path and a "did you mean" before any work starts:
+Each stage's config lives beside its stage (`tasks/sft.py: SFTStage`, ...); this module assembles them.
+The same pydantic models validate a YAML file, `--set` overrides and what the dashboard's run form sends,
+and give that form its fields, defaults, descriptions and ranges. Validation collects every problem with
+its field path, the valid range and a "did you mean" before any work starts:
 
-    spec: 2 problems:
+    spec has 2 problems:
       - stages.dpo.betta: unknown field; did you mean 'beta'?
-      - stages.sft.epochs: expected a number, got 'three'
-
-docs/CONFIG.md documents every field; the dataclasses below are its source of truth.
+      - stages.sft.epochs: -1 is out of range (valid: > 0)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
+
+from pydantic import Field, ValidationError
 
 from alignflow.errors import ConfigError
+from tasks.config import StageConfig
+from tasks.deploy import DeployStage
+from tasks.dpo import DPOStage
+from tasks.evaluate import EvaluateStage
+from tasks.gate import GateStage
+from tasks.merge import MergeStage
+from tasks.quantize import QuantizeStage
+from tasks.reward import RewardStage
+from tasks.sft import SFTStage
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DATASET_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}(/[a-z0-9][a-z0-9_.-]{0,62})+$"
 
 
-@dataclass
-class LoraSpec:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
+class Stages(StageConfig):
+    """A stage runs when it is set (an empty mapping: on, with its defaults) and is skipped when empty."""
+
+    sft: Optional[SFTStage] = Field(None, description="supervised fine-tuning (needs data.sft)")
+    reward: Optional[RewardStage] = Field(None, description="reward model (needs data.preference)")
+    dpo: Optional[DPOStage] = Field(None, description="DPO on the SFT result (needs data.preference)")
+    merge: MergeStage = Field(default_factory=MergeStage, description="folds adapters into full weights")
+    quantize: Optional[QuantizeStage] = Field(None, description="post-training quantization")
+    evaluate: Optional[EvaluateStage] = Field(None, description="EvalScope on the eval split (needs data.eval)")
+    gate: Optional[GateStage] = Field(None, description="rules a candidate must pass to replace production")
+    deploy: Optional[DeployStage] = Field(None, description="serve the result behind vLLM")
 
 
-@dataclass
-class SFTStage:
-    tuner: Literal["lora", "qlora", "full"] = "lora"
-    epochs: float = 1.0
-    learning_rate: float = 2.0e-4
-    batch_size: int = 8  # per device
-    max_length: int = 1024  # tokens; longer rows are truncated
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    trainer_args: dict = field(default_factory=dict)  # forwarded to trl.SFTConfig as is
+class DataSpec(StageConfig):
+    """Where each split comes from: a local file or folder, `builtin://reverse/<split>`, or a registered
+    dataset version `store://NAME@VERSION` (`@latest` for the newest; see `alignflow data add`)."""
+
+    sft: Optional[str] = Field(None, description="chat rows (messages, ShareGPT, Alpaca, query/response, ...)")
+    preference: Optional[str] = Field(None, description="prompt/chosen/rejected rows")
+    eval: Optional[str] = Field(None, description="question/answer rows")
 
 
-@dataclass
-class RewardStage:
-    epochs: float = 1.0
-    learning_rate: float = 1.0e-4
-    batch_size: int = 8
-    max_length: int = 1024
-    eval_fraction: float = 0.1  # held-out pairs for the pairwise accuracy
-    trainer_args: dict = field(default_factory=dict)  # forwarded to trl.RewardConfig
+class RetrySpec(StageConfig):
+    retries: int = Field(2, ge=0, le=20, description="extra attempts for transient failures (never for bad "
+                                                     "config or data)")
+    delay_seconds: float = Field(10.0, ge=0, le=3600, description="first backoff; doubles each attempt, with "
+                                                                  "jitter")
 
 
-@dataclass
-class DPOStage:
-    tuner: Literal["lora", "full"] = "lora"
-    beta: float = 0.1
-    epochs: float = 1.0
-    learning_rate: float = 5.0e-5
-    batch_size: int = 8
-    max_length: int = 1024
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    trainer_args: dict = field(default_factory=dict)  # forwarded to trl.DPOConfig
+class ScheduleSpec(StageConfig):
+    cron: str = Field("0 2 * * *", description="when post-train/nightly runs (cron syntax; default 02:00)")
+    timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
 
 
-@dataclass
-class MergeStage:
-    tolerance: float = 1.0e-3  # max |logit difference| allowed between merged and adapter model
+class WatchSpec(StageConfig):
+    """Data sources the `watch-data` deployment scans; a change becomes a new dataset version and one event."""
+
+    sources: dict[str, str] = Field(default_factory=dict, description="dataset name -> source (a folder, a file "
+                                                                      "or an s3:// prefix), e.g. "
+                                                                      "{demo/sft: s3://bucket/incoming/}")
+    interval_seconds: float = Field(60.0, ge=5, le=86400, description="seconds between scans")
+    settle_seconds: float = Field(5.0, ge=0, le=3600, description="a source must be unchanged this long before "
+                                                                  "it is registered, so a burst of files "
+                                                                  "becomes one version")
 
 
-@dataclass
-class QuantizeStage:
-    method: Literal["w8a8", "w4a16", "none"] = "w8a8"
-    calibration_samples: int = 64
-    max_length: int = 512
+class ServiceSpec(StageConfig):
+    """How the pipeline runs as a service: `alignflow deploy` applies it to the Prefect server."""
+
+    nightly: ScheduleSpec = Field(default_factory=ScheduleSpec, description="the nightly retraining schedule")
+    watch: WatchSpec = Field(default_factory=WatchSpec, description="new-data sensor")
+    accelerator_limit: str = Field("alignflow-accelerator", description="Prefect global concurrency limit held by "
+                                                                        "training, quantize and evaluate")
+    accelerator_slots: int = Field(1, ge=1, le=1024, description="how many of those stages may run at once on the "
+                                                                 "machines that share the limit")
+    notify: Optional[str] = Field(None, description="a saved Prefect notification block ('slack-webhook/alerts', "
+                                                    "'custom-webhook/ops') told when a run fails or a gate rejects")
 
 
-@dataclass
-class EvaluateStage:
-    metric: Literal["exact_match", "rouge"] = "exact_match"
-    max_tokens: int = 64
-    batch_size: int = 16
-    limit: Optional[int] = None  # evaluate only the first N rows (None: all)
+class PipelineSpec(StageConfig):
+    """One pipeline: base model, data, stages and store. `alignflow run SPEC.yaml` runs it."""
 
-
-@dataclass
-class GateStage:
-    min_score: float = 0.0  # the candidate's primary score must reach this
-    min_gain_over_base: float = 0.0  # ... beat the base model by at least this much
-    max_regression: float = 0.0  # ... and not score below the production model by more than this
-
-
-@dataclass
-class DeployStage:
-    backend: Literal["vllm"] = "vllm"
-    host: str = "127.0.0.1"
-    port: int = 0  # 0: pick a free port
-    max_model_len: Optional[int] = None
-    start_timeout: float = 300.0  # seconds to wait for /health
-    python: Optional[str] = None  # the serve env's python; default: .venv-serve beside the project
-    extra_args: list[str] = field(default_factory=list)  # forwarded to the vLLM server command line
-
-
-@dataclass
-class Stages:
-    sft: Optional[SFTStage] = None
-    reward: Optional[RewardStage] = None
-    dpo: Optional[DPOStage] = None
-    merge: MergeStage = field(default_factory=MergeStage)
-    quantize: Optional[QuantizeStage] = None
-    evaluate: Optional[EvaluateStage] = None
-    gate: Optional[GateStage] = None
-    deploy: Optional[DeployStage] = None
-
-
-@dataclass
-class DataSpec:
-    sft: Optional[str] = None  # messages rows
-    preference: Optional[str] = None  # prompt/chosen/rejected rows
-    eval: Optional[str] = None  # question/answer rows
-
-
-@dataclass
-class RetrySpec:
-    retries: int = 2  # extra attempts for transient failures
-    delay_seconds: float = 10.0  # first backoff; doubles each attempt, with jitter
-
-
-@dataclass
-class PipelineSpec:
-    name: str
-    model: str
-    data: DataSpec = field(default_factory=DataSpec)
-    stages: Stages = field(default_factory=Stages)
-    store: str = ".alignflow/store"
-    storage: Optional[str] = None  # a saved prefect-aws AwsCredentials block for an s3:// store
-    retry: RetrySpec = field(default_factory=RetrySpec)
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits, '-', '_', '.'; prefixes "
+                                                        "every artifact (demo/sft) and names the served model")
+    model: str = Field(description="base model: builtin://tiny-qwen2, a local folder, "
+                                   "modelscope://owner/name[@rev], hf://owner/name[@rev]")
+    data: DataSpec = Field(default_factory=DataSpec, description="where each split comes from")
+    stages: Stages = Field(default_factory=Stages, description="what to run; a stage left empty is skipped")
+    store: str = Field(".alignflow/store", description="artifact store: a folder or s3://bucket/prefix")
+    storage: Optional[str] = Field(None, description="for an s3:// store: a saved prefect-aws AwsCredentials "
+                                                     "block to use instead of the AWS environment")
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="retries of transient failures")
+    service: ServiceSpec = Field(default_factory=ServiceSpec, description="schedules, data watching, "
+                                                                          "concurrency and notifications")
 
     def to_dict(self) -> dict:
-        """Plain data that `parse_spec` turns back into this spec (skipped stages are left out, since a
-        stage written with no settings means "on, with defaults")."""
-        raw = dataclasses.asdict(self)
-        raw["stages"] = {k: v for k, v in raw["stages"].items() if v is not None}
-        return raw
+        """Plain JSON data (flow parameters) that `parse_spec` turns back into this spec."""
+        return self.model_dump(mode="json")
 
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+FRIENDLY_PATTERNS = {NAME_PATTERN: "must be lowercase letters, digits, '-', '_' or '.' (at most 63)",
+                     DATASET_PATTERN: "must be PIPELINE/NAME, e.g. demo/sft-extra"}
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -170,9 +142,12 @@ def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = N
     if store:
         raw["store"] = store
     stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
+    for name in stages:  # in YAML, `evaluate:` with nothing after it means "on, with defaults"
+        if stages[name] is None:
+            stages[name] = {}
     for name in skip:
-        if name not in {f.name for f in dataclasses.fields(Stages)}:
-            close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(Stages)], n=1)
+        if name not in Stages.model_fields:
+            close = difflib.get_close_matches(name, list(Stages.model_fields), n=1)
             raise ConfigError(f"--skip {name}: no such stage" + (f"; did you mean {close[0]!r}?" if close else ""),
                               "command line")
         stages.pop(name, None)
@@ -190,25 +165,33 @@ def apply_override(raw: dict, item: str) -> None:
     *parents, leaf = key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
+        if node is None:
+            node = {}
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a mapping", "command line")
     node[leaf] = yaml.safe_load(value)
 
 
-def parse_spec(raw: dict, source: str = "spec") -> PipelineSpec:
-    problems: list[str] = []
-    spec = _build(PipelineSpec, raw, "", problems)
-    if not problems:
-        problems += _cross_checks(spec)
+def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
+    """Validate plain data (YAML, flow parameters, the dashboard's form) into a PipelineSpec, or raise one
+    ConfigError listing every problem."""
+    if isinstance(raw, PipelineSpec):
+        raw = raw.to_dict()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping, got {type(raw).__name__}", source)
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc.errors(), raw), source) from None
+    problems = cross_checks(spec)
     if problems:
         raise ConfigError(problems, source)
     return spec
 
 
-def _cross_checks(spec: PipelineSpec) -> list[str]:
+def cross_checks(spec: PipelineSpec) -> list[str]:
+    """Rules that span fields: a stage needs its data split, a gate needs an evaluation, ..."""
     problems = []
-    if not NAME_RE.match(spec.name):
-        problems.append(f"name: {spec.name!r} must be lowercase letters, digits, '-', '_' or '.'")
     needs = {"sft": "sft", "reward": "preference", "dpo": "preference", "evaluate": "eval"}
     for stage, split in needs.items():
         if getattr(spec.stages, stage) is not None and getattr(spec.data, split) is None:
@@ -217,82 +200,125 @@ def _cross_checks(spec: PipelineSpec) -> list[str]:
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
     if spec.stages.gate and not spec.stages.evaluate:
         problems.append("stages.gate: needs stages.evaluate, which is not set")
+    for name in spec.service.watch.sources:
+        if not re.match(DATASET_PATTERN, name):
+            problems.append(f"service.watch.sources.{name}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
     return problems
 
 
-def _build(cls, raw: Any, path: str, problems: list[str]):
-    if not isinstance(raw, dict):
-        problems.append(f"{path or 'spec'}: expected a mapping, got {type(raw).__name__} {raw!r}")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(fields)}"
-            problems.append(f"{_join(path, key)}: unknown field{hint}")
-    values = {}
-    for name, f in fields.items():
-        sub = _join(path, name)
-        if name in raw:
-            values[name] = _convert(hints[name], raw[name], sub, problems)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            problems.append(f"{sub}: required field is missing")
-    try:
-        return cls(**{k: v for k, v in values.items() if v is not _INVALID})
-    except TypeError:
-        return None  # a required field is missing; already reported
+# ---- turning pydantic's errors into ours ---------------------------------------------------------
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
+              "dict": "a mapping", "model": "a mapping", "model_attributes": "a mapping", "list": "a list"}
+BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
-_INVALID = object()
+def describe_errors(errors: list[dict], raw: dict) -> list[str]:
+    """One line per problem: `path: what is wrong (the valid range or choices)`. Errors of a union's
+    members (`str | list[str]`) become one line for the field."""
+    problems, seen_unions = [], set()
+    for err in errors:
+        model, path, rest = _walk(PipelineSpec, err["loc"])
+        where = ".".join(str(p) for p in path)
+        if rest:  # a union member's error: report the field once
+            if where not in seen_unions:
+                seen_unions.add(where)
+                problems.append(f"{where}: expected {_union_words(model, path[-1])}, got {err['input']!r}")
+            continue
+        problems.append(f"{where}: {_describe(err, model, path)}")
+    return problems
 
 
-def _convert(hint, value, path: str, problems: list[str]):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if value is None and not (len(options) == 1 and dataclasses.is_dataclass(options[0])):
-            return None  # a stage written with no settings (`evaluate:`) is on, with its defaults
-        if len(options) == 1:
-            return _convert(options[0], value, path, problems)
-        for option in options:  # e.g. str | list[str]: the first that fits
-            trial: list[str] = []
-            result = _convert(option, value, path, trial)
-            if not trial:
-                return result
-        problems.append(f"{path}: expected {_describe(hint)}, got {value!r}")
-        return _INVALID
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, {} if value is None else value, path, problems) or _INVALID
-    if origin is Literal:
-        if value not in args:
-            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-            hint_text = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}{hint_text}")
-            return _INVALID
-        return value
-    expected = origin or hint
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
-        problems.append(f"{path}: expected {_describe(hint)}, got {value!r}")
-        return _INVALID
-    if expected is list and args and not all(isinstance(v, args[0]) for v in value):
-        problems.append(f"{path}: expected {_describe(hint)}, got {value!r}")
-        return _INVALID
-    return value
+def _walk(model, loc: tuple) -> tuple[type, list, list]:
+    """Follow an error location through the models: (the model owning the last field, path, leftover).
+    A leftover is a union member's tag, e.g. ('str',) for `target_modules: str | list[str]`."""
+    owner, current, path = model, model, []
+    for i, part in enumerate(loc):
+        if _is_model(current):
+            owner = current
+            path.append(part)
+            field = current.model_fields.get(part)
+            if field is None:
+                return owner, path, []
+            current = _unwrap_optional(field.annotation)
+        elif typing.get_origin(current) in (dict, list):
+            path.append(part)  # a key or an index: the values are not models
+            current = None
+        else:
+            return owner, path, list(loc[i:])
+    return owner, path, []
 
 
-def _describe(hint) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
-    if hint in names:
-        return names[hint]
-    if typing.get_origin(hint) is list:
-        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[-1]}s"
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
-    return getattr(hint, "__name__", str(hint))
+def _is_model(hint) -> bool:
+    return isinstance(hint, type) and issubclass(hint, StageConfig)
 
 
-def _join(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
+def _unwrap_optional(hint):
+    """Optional[SFTStage] -> SFTStage; anything else unchanged."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+def _describe(err: dict, model, path: list) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        fields = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(path[-1]), fields, n=1)
+        return "unknown field" + (f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(fields)}")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        choices = _choices(model, path[-1])
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        return f"{value!r} is not one of {', '.join(map(repr, choices))}" + (
+            f"; did you mean {close[0]!r}?" if close else "")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{value!r} is out of range (valid: {valid_range(model, path[-1])})"
+    if kind == "string_pattern_mismatch":
+        pattern = err.get("ctx", {}).get("pattern", "")
+        return f"{value!r} {FRIENDLY_PATTERNS.get(pattern, f'does not match {pattern}')}"
+    base = kind.split("_")[0] if not kind.startswith("model_attributes") else "model_attributes"
+    if kind.startswith(("int", "float", "string", "bool", "dict", "list", "model")):
+        word = TYPE_WORDS.get(base, TYPE_WORDS.get(kind.rsplit("_", 1)[0], base))
+        if base == "list":
+            word = _union_words(model, path[-1]) if model and path else "a list"
+        return f"expected {word}, got {value!r}"
+    return f"{err['msg']} (got {value!r})"
+
+
+def _choices(model, field: str) -> list[str]:
+    hint = model.model_fields[field].annotation if model and field in model.model_fields else None
+    return [str(a) for a in typing.get_args(hint)]
+
+
+def _union_words(model, field: str) -> str:
+    hint = model.model_fields[field].annotation
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping"}
+    words = []
+    for option in typing.get_args(hint) or (hint,):
+        if option is type(None):
+            continue
+        if typing.get_origin(option) is list:
+            words.append(f"a list of {names.get(typing.get_args(option)[0], 'value').split(' ', 1)[-1]}s")
+        else:
+            words.append(names.get(option, getattr(option, "__name__", str(option))))
+    return " or ".join(words)
+
+
+def valid_range(model, field: str) -> str:
+    """'> 0', '0 <= x <= 1': the bounds declared on a field, as its error and the docs show them."""
+    lower, upper = [], []
+    for meta in model.model_fields[field].metadata:
+        for attr, sign in BOUNDS:
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                (lower if attr in ("ge", "gt") else upper).append((sign, bound))
+    if lower and upper:
+        (ls, lv), (us, uv) = lower[0], upper[0]
+        return f"{_number(lv)} {'<=' if ls == '>=' else '<'} x {us} {_number(uv)}"
+    return " and ".join(f"{sign} {_number(bound)}" for sign, bound in lower + upper) or "any"
+
+
+def _number(value) -> str:
+    """1048576 -> '1048576', 0.5 -> '0.5' (never '1.04858e+06')."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -1,12 +1,14 @@
-"""Runs each stage of the flow and keeps the row the end-of-run summary table shows for it."""
+"""Runs each stage of the flow, keeps the row the end-of-run summary shows for it, and puts the stage's
+card (or, when it fails, what failed and how to reproduce it) in the Prefect dashboard."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from flows.spec import RetrySpec
 from storage import ArtifactRef
+from tasks.config import StageConfig
 
 KEY_METRICS = {  # the one number each stage is judged by in the summary
     "convert_dataset": "rows", "train_sft": "train_loss", "train_reward_model": "pairwise_accuracy",
@@ -17,27 +19,58 @@ KEY_METRICS = {  # the one number each stage is judged by in the summary
 
 @dataclass
 class Steps:
-    retry: RetrySpec
+    spec: Any  # the PipelineSpec: its retry policy, and the failure card's reproduction recipe
+    result_storage: Any = None  # where stage results and cache records go (storage/results.py)
     rows: list[dict] = field(default_factory=list)
 
     def run(self, task, *args, label: str | None = None):
         """Call a stage task with the spec's retry policy; record ran/cached, duration and output."""
-        delays = [self.retry.delay_seconds * 2**i for i in range(self.retry.retries)]
+        from flows import dashboard
+
+        label = label or task.name
+        retry = self.spec.retry
+        options: dict[str, Any] = dict(retries=retry.retries,
+                                       retry_delay_seconds=[retry.delay_seconds * 2**i for i in range(retry.retries)]
+                                       or 0)
+        if self.result_storage is not None:
+            options["result_storage"] = self.result_storage
         started = time.monotonic()
-        state = task.with_options(retries=self.retry.retries, retry_delay_seconds=delays or 0)(*args, return_state=True)
-        result = state.result()  # raises the stage's own error if it failed
+        try:
+            state = task.with_options(**options)(*args, return_state=True)
+            result = state.result()  # raises the stage's own error if it failed
+        except Exception as exc:
+            try:
+                dashboard.show_failure(self.spec, label, exc)
+            except Exception as card_error:  # the stage's own error is what the user needs to see
+                from prefect import get_run_logger
+
+                get_run_logger().warning("could not add the failure card to the dashboard: %s", card_error)
+            raise
+        row = self.row(task, label, state, result, time.monotonic() - started)
+        self.rows.append(row)
+        dashboard.show_stage(self.spec, row, args, result)
+        return result
+
+    @staticmethod
+    def row(task, label: str, state, result, seconds: float) -> dict:
         status = "cached" if state.name == "Cached" else "ran"
         if isinstance(result, ArtifactRef) and result.metrics.get("action") == "unchanged":
             status = "unchanged"  # an idempotent stage found its work already done
-        row = {"stage": label or task.name, "status": status, "seconds": round(time.monotonic() - started, 1)}
+        row = {"stage": label, "status": status, "seconds": round(seconds, 1)}
         if isinstance(result, dict) and "passed" in result:  # the gate's decision
             row["metric"] = "passed" if result["passed"] else "rejected"
         if isinstance(result, ArtifactRef):
             metric = KEY_METRICS.get(task.name)
             row.update(artifact=result.label, digest=result.short_digest,
                        metric=f"{metric}={result.metrics[metric]}" if metric in result.metrics else "")
-        self.rows.append(row)
-        return result
+        return row
+
+
+def stage_inputs(args: tuple) -> tuple[list[ArtifactRef], StageConfig | None]:
+    """The artifacts a stage was given and its config, read off its arguments for its dashboard card."""
+    refs = [a for a in args if isinstance(a, ArtifactRef)]
+    config = next((a for a in args if isinstance(a, StageConfig)), None)
+    return refs, config
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

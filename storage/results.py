@@ -38,10 +38,9 @@ def save_s3_block(store_uri: str, credentials_block: str | None = None) -> str:
     return name
 
 
-def result_settings(store_uri: str, credentials_block: str | None = None) -> dict:
-    """Prefect settings that send results and cache records into the store at `store_uri`."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK
-
+def result_storage(store_uri: str, credentials_block: str | None = None):
+    """Where the stages of a run on `store_uri` keep their results and cache records: a folder (a Path) for
+    a local store, the name of a saved S3Bucket block for an s3:// store (`task.with_options(result_storage=)`)."""
     if store_uri.startswith("s3://"):
-        return {PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: f"s3-bucket/{save_s3_block(store_uri, credentials_block)}"}
-    return {PREFECT_LOCAL_STORAGE_PATH: str(Path(store_uri) / FOLDER)}
+        return f"s3-bucket/{save_s3_block(store_uri, credentials_block)}"
+    return Path(store_uri) / FOLDER

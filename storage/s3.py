@@ -71,13 +71,18 @@ def load_credentials_block(name: str):
                           "AWS environment", "spec") from None
 
 
+def split_uri(uri: str, what: str = "store") -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ConfigError(f"{what} {uri!r}: expected s3://bucket[/prefix]", what)
+    return parsed.netloc, parsed.path.strip("/")
+
+
 class S3Backend:
     def __init__(self, uri: str, client=None, credentials_block: str | None = None):
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise ConfigError(f"store {uri!r}: expected s3://bucket[/prefix]", "store")
-        self.uri, self.bucket = uri.rstrip("/"), parsed.netloc
-        self.prefix = parsed.path.strip("/")
+        self.bucket, self.prefix = split_uri(uri)
+        self.uri = uri.rstrip("/")
         self.client = client or make_client(credentials_block=credentials_block)
         # blobs are verified by their content hash on read: no second hash of each body for the signature
         self.blob_client = client or make_client(sign_payload=False, credentials_block=credentials_block)
@@ -90,7 +95,8 @@ class S3Backend:
 
     def _error(self, exc: Exception, action: str, key: str) -> Exception:
         """Translate a botocore error into the store's family, naming bucket and key (never credentials)."""
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, EndpointConnectionError
+        from botocore.exceptions import ClientError, EndpointConnectionError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         where = f"s3://{self.bucket}/{self._key(key)}"
         if isinstance(exc, ClientError):

@@ -234,19 +234,38 @@ class ArtifactStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # ---- markers: facts about a version, written once (e.g. "announced") ----------------------------
+
+    def has_marker(self, ref: ArtifactRef, marker: str) -> bool:
+        return self.backend.exists(f"artifacts/{ref.name}/markers/{ref.version}/{marker}.json")
+
+    def put_marker(self, ref: ArtifactRef, marker: str) -> None:
+        try:
+            self.backend.put(f"artifacts/{ref.name}/markers/{ref.version}/{marker}.json",
+                             canonical_json({"at": time.time()}), if_none_match=True)
+        except ConflictError:
+            pass  # written already: the fact holds
+
     # ---- aliases ---------------------------------------------------------------------------------
 
     def alias_target(self, name: str, alias: str) -> int | None:
         record, _ = self.read_alias(name, alias)
         return record["version"] if record else None
 
-    def promote(self, ref: ArtifactRef, alias: str) -> None:
-        """Point `alias` at `ref`, by compare-and-swap: a concurrent promotion raises ConflictError."""
-        self._move_alias(ref.name, alias, ref.version)
+    def promote(self, ref: ArtifactRef, alias: str, expected: int | None | object = ...) -> bool:
+        """Point `alias` at `ref`, by compare-and-swap: a concurrent promotion raises ConflictError.
+        Returns whether the alias moved (False: it pointed at `ref` already).
 
-    def rollback(self, name: str, alias: str) -> int:
-        """Point `alias` back at its previous target; returns that version."""
+        `expected`: the version (or None: no target) the caller judged against; if the alias points
+        elsewhere now, nothing is written and ConflictError says what moved it."""
+        return self._move_alias(ref.name, alias, ref.version, expected)
+
+    def rollback(self, name: str, alias: str, expected: int | None = None) -> int:
+        """Point `alias` back at its previous target; returns that version. With `expected`, only if the
+        alias still points at that version (else ConflictError: someone moved it since)."""
         record, etag = self.read_alias(name, alias)
+        if expected is not None and (record or {}).get("version") != expected:
+            raise ConflictError(f"{name}: alias {alias!r} no longer points at {name}@{expected}; not rolled back")
         if not record or not record.get("history"):
             raise StorageError(f"{name}: alias {alias!r} has no previous target to roll back to")
         previous = record["history"][-1]
@@ -274,14 +293,20 @@ class ArtifactStore:
             raise ConflictError(f"{name}: alias {alias!r} was changed by someone else meanwhile; nothing was "
                                 f"written. Check `alignflow artifacts show {name}@{alias}` and retry") from None
 
-    def _move_alias(self, name: str, alias: str, version: int) -> None:
+    def _move_alias(self, name: str, alias: str, version: int, expected: int | None | object = ...) -> bool:
         if version not in self.versions(name):
             raise StorageError(f"{name}@{version} does not exist in store {self.uri}")
         current, etag = self.read_alias(name, alias)
+        if expected is not ... and (current["version"] if current else None) != expected:
+            now = f"{name}@{current['version']}" if current else "nothing"
+            raise ConflictError(f"{name}: alias {alias!r} now points at {now}, not at "
+                                f"{f'{name}@{expected}' if expected else 'nothing'} as when it was read; "
+                                "nothing was written")
         if current and current["version"] == version:
-            return  # already there: no write, no history entry
+            return False  # already there: no write, no history entry
         history = (current["history"][-20:] + [current["version"]]) if current else []
         self.write_alias(name, alias, {"version": version, "history": history}, etag)
+        return True
 
     # ---- integrity ---------------------------------------------------------------------------------
 

@@ -1,1 +1,1 @@
-"""One module per pipeline stage; each has a typed config (in flows/spec.py) and one public task."""
+"""One module per pipeline stage; each holds its typed, documented config and one public task."""

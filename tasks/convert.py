@@ -139,7 +139,10 @@ def convert_rows(split: str, rows: Iterator[tuple[str, int, dict]]) -> list[dict
     return out
 
 
-def load_source(split: str, source: str) -> list[dict]:
+def load_source(split: str, source: str, registered: Path | None = None) -> list[dict]:
+    """Rows of one split from `source`; `registered` is the local copy of a `store://` dataset version."""
+    if registered is not None:
+        return convert_rows(split, read_rows(registered))
     if source.startswith("builtin://"):
         from tasks.builtin import reverse_task
 
@@ -149,7 +152,8 @@ def load_source(split: str, source: str) -> list[dict]:
                               "builtin://reverse/preference or builtin://reverse/eval")
         return convert_rows(split, ((source, i + 1, r) for i, r in enumerate(reverse_task.splits()[part])))
     if "://" in source:
-        raise SourceError(f"dataset {source!r}: unsupported scheme; pass a local .jsonl/.json file or folder")
+        raise SourceError(f"dataset {source!r}: unsupported scheme; pass a local .jsonl/.json file or folder, or "
+                          "register the data with `alignflow data add NAME SOURCE` and name it store://NAME@latest")
     path = Path(source)
     if not path.exists():
         raise SourceError(f"dataset {source!r}: no such file or folder")
@@ -157,8 +161,11 @@ def load_source(split: str, source: str) -> list[dict]:
 
 
 @stage("convert_dataset")
-def convert_dataset(run: RunContext, split: str, source: str, fingerprint: str = "") -> ArtifactRef:
-    rows = load_source(split, source)
+def convert_dataset(run: RunContext, split: str, source: str, fingerprint: str = "",
+                    raw: ArtifactRef | None = None) -> ArtifactRef:
+    """`raw`: the registered dataset version a `store://` source resolved to (it keys the cache by digest
+    and becomes the output's lineage input)."""
+    rows = load_source(split, source, run.open_store().get_dir(raw) if raw else None)
     out = run.workdir() / split
     out.mkdir(exist_ok=True)
     with open(out / "data.jsonl", "w", encoding="utf-8") as f:
@@ -166,5 +173,6 @@ def convert_dataset(run: RunContext, split: str, source: str, fingerprint: str =
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
     metrics = {"rows": len(rows)}
     return publish(run, f"data-{split}", "dataset", out, stage="convert_dataset",
-                   config={"split": split, "source": source}, inputs={}, metadata={"split": split},
+                   config={"split": split, "source": source}, inputs={"raw": raw} if raw else {},
+                   metadata={"split": split},
                    metrics=metrics)

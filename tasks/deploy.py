@@ -19,14 +19,33 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal, Optional
 
-from alignflow.errors import ConfigError, StageError, TransientError
-from flows.spec import DeployStage
+from pydantic import Field
+
+from alignflow.errors import ConfigError, StageError, StorageError, TransientError
+from alignflow.processes import pid_alive
 from storage import ArtifactRef
+from tasks.config import StageConfig
 from tasks.models import first_question
 from tasks.stage import RunContext, publish, stage
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DeployStage(StageConfig):
+    """vLLM's OpenAI-compatible server, started from the serve env."""
+
+    backend: Literal["vllm"] = Field("vllm", description="the serving engine")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port; a fixed port replaces the previous "
+                                                     "server in place")
+    max_model_len: Optional[int] = Field(None, ge=16, description="context length (empty: the model's)")
+    start_timeout: float = Field(300.0, gt=0, le=86400, description="seconds to wait for /health")
+    python: Optional[str] = Field(None, description="the serve env's python (empty: $ALIGNFLOW_SERVE_PYTHON, "
+                                                    "else .venv-serve beside the project)")
+    extra_args: list[str] = Field(default_factory=list, description="appended to the vLLM command line, e.g. "
+                                                                    "['--tensor-parallel-size', '2']")
 
 
 def state_dir() -> Path:
@@ -42,16 +61,6 @@ def read_state(name: str) -> dict | None:
 
 def all_states() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(state_dir().glob("*.json"))]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def http_json(url: str, payload: dict | None = None, timeout: float = 5.0) -> dict:
@@ -70,7 +79,8 @@ def serving_digest(state: dict) -> str | None:
     except (OSError, ValueError, KeyError):
         return None
     roots = [m.get("root", "") for m in models]
-    return state["model"]["digest"] if any(state["model"]["digest"].removeprefix("sha256:") in r for r in roots) else None
+    digest = state["model"]["digest"]
+    return digest if any(digest.removeprefix("sha256:") in r for r in roots) else None
 
 
 def stop_server(state: dict, timeout: float = 30.0) -> bool:
@@ -83,7 +93,6 @@ def stop_server(state: dict, timeout: float = 30.0) -> bool:
             pass
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
             time.sleep(0.2)
         if pid_alive(pid):
             os.killpg(pid, signal.SIGKILL)
@@ -92,13 +101,6 @@ def stop_server(state: dict, timeout: float = 30.0) -> bool:
     if current and current["pid"] == pid:
         (state_dir() / f"{state['name']}.json").unlink(missing_ok=True)
     return stopped
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def free_port(host: str) -> int:
@@ -193,10 +195,8 @@ def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: Arti
 
     logger, store = get_run_logger(), run.open_store()
     current = read_state(run.name)
-    if current and serving_digest(current) == model.digest and current.get("deployment"):
-        logger.info("deploy: %s already serves %s at %s; nothing to do", run.name, model.label, current["endpoint"])
-        ref = store.ref(current["deployment"]["name"], current["deployment"]["version"])
-        return dataclasses.replace(ref, metrics={**ref.metrics, "action": "unchanged"})
+    if current and serving_digest(current) == model.digest:
+        return already_serving(run, model, config, current, logger)
     if current and config.port and current["endpoint"].endswith(f":{config.port}/v1"):
         stop_server(current)  # a fixed port cannot hold two servers: replace in place
         current = None
@@ -209,18 +209,58 @@ def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: Arti
         raise StageError(f"deploy: the server started but a chat request failed: {exc}") from exc
     logger.info("deploy: smoke request %r -> %r (%s)", question, record["smoke"]["answer"],
                 record["smoke"]["finish_reason"])
+    ref = record_deployment(run, model, config, record, "started")
+    if current and current["pid"] != record["pid"]:
+        logger.info("deploy: stopping the previous server (pid %d, %s)", current["pid"],
+                    current["model"]["digest"][:19])
+        stop_server(current)
+    return ref
+
+
+def already_serving(run: RunContext, model: ArtifactRef, config: DeployStage, state: dict, logger) -> ArtifactRef:
+    """The pipeline's server already serves this digest. Its record may live in another store (the same
+    pipeline run against a folder, then against S3): then it is recorded in this store too, never looked up
+    across stores."""
+    store = run.open_store()
+    known = state.get("records", {}).get(store.uri)
+    if known:
+        try:
+            ref = store.ref(known["name"], known["version"])
+            logger.info("deploy: %s already serves %s at %s; nothing to do", run.name, model.label, state["endpoint"])
+            return dataclasses.replace(ref, metrics={**ref.metrics, "action": "unchanged"})
+        except StorageError:
+            pass  # the record was deleted from this store: write it again
+    logger.info("deploy: %s already serves %s at %s; recording it in %s", run.name, model.label,
+                state["endpoint"], store.uri)
+    record = {k: v for k, v in state.items() if k != "records"}
+    record["model"] = {"name": model.name, "version": model.version, "digest": model.digest}
+    return record_deployment(run, model, config, record, "unchanged")
+
+
+def record_deployment(run: RunContext, model: ArtifactRef, config: DeployStage, record: dict,
+                      action: str) -> ArtifactRef:
+    """Publish the deployment record in the run's store and note, in the local serve state, which store
+    holds which record of this server."""
     out = run.workdir() / "output"
     out.mkdir(exist_ok=True)
     (out / "deployment.json").write_text(json.dumps(record, indent=2))
+    probe = record.get("smoke", {}).get("prompt", "Hello!")
     ref = publish(run, "deployment", "deployment", out, stage="deploy", config=config, inputs={"model": model},
                   metadata={"endpoint": record["endpoint"]},
-                  metrics={"endpoint": record["endpoint"], "smoke_prompt": question, "action": "started"})
-    record["deployment"] = {"name": ref.name, "version": ref.version}
-    (state_dir() / f"{run.name}.json").write_text(json.dumps(record, indent=2))
-    if current and current["pid"] != record["pid"]:
-        logger.info("deploy: stopping the previous server (pid %d, %s)", current["pid"], current["model"]["digest"][:19])
-        stop_server(current)
-    return ref
+                  metrics={"endpoint": record["endpoint"], "smoke_prompt": probe})
+    previous = read_state(run.name)
+    records = previous.get("records", {}) if previous and previous["pid"] == record["pid"] else {}
+    state = dict(record, records={**records, run.open_store().uri: {"name": ref.name, "version": ref.version}})
+    write_state(run.name, state)
+    return dataclasses.replace(ref, metrics={**ref.metrics, "action": action})
+
+
+def write_state(name: str, state: dict) -> None:
+    """Atomically: `serve ls` and a concurrent deploy never read half a file."""
+    path = state_dir() / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 def describe(state: dict) -> dict:

@@ -7,27 +7,37 @@ base is the SFT artifact (or a full `model` with `tuner: full`).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from typing import Literal
 
-from flows.spec import DPOStage, LoraSpec
+from pydantic import Field
+
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.models import base_record, model_chain
+from tasks.models import base_record
 from tasks.stage import RunContext, publish, stage
+from tasks.trainer import LoraSpec, TrainingStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 
-@stage("train_dpo", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models", "tasks.sft"))
-def train_dpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: DPOStage) -> ArtifactRef:
-    from prefect import get_run_logger
+class DPOStage(TrainingStage):
+    """Direct Preference Optimization (trl.DPOTrainer) on the SFT result. `trainer_args` go to trl.DPOConfig."""
 
-    store, workdir = run.open_store(), run.workdir()
-    job = {"config": asdict(config), "model_chain": [str(p) for p in model_chain(store, model)],
-           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(workdir / "output")}
-    metrics = trainer.launch("train_dpo", "dpo", job, workdir, get_run_logger())
+    tuner: Literal["lora", "full"] = Field(
+        "lora", description="lora: a new adapter on the SFT weights, whose adapter-off self is the reference "
+                            "model; full: every weight, with a frozen copy as reference")
+    beta: float = Field(0.1, gt=0, le=100, description="DPO temperature: higher keeps the policy closer to the "
+                                                       "reference model")
+    learning_rate: float = Field(5.0e-5, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
+                                                                   "5% warm-up)")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora)")
+
+
+@stage("train_dpo", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models", "tasks.sft"), accelerator=True)
+def train_dpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: DPOStage) -> ArtifactRef:
+    metrics, out = trainer.run_trainer(run, "train_dpo", "dpo", model, data, config)
     adapter = config.tuner == "lora"
-    return publish(run, "dpo", "adapter" if adapter else "model", workdir / "output", stage="train_dpo",
+    return publish(run, "dpo", "adapter" if adapter else "model", out, stage="train_dpo",
                    config=config, inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
                    metadata={"base": base_record(model), "tuner": "lora"} if adapter else {"tuner": "full"})
 
@@ -40,7 +50,7 @@ def run_training(job: dict) -> dict:
     from tasks.models import load_causal_lm, load_tokenizer
     from tasks.sft import lora_config
 
-    config = DPOStage(**{**job["config"], "lora": LoraSpec(**job["config"]["lora"])})
+    config = DPOStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"])
     args = trainer.trl_args(DPOConfig, job, beta=config.beta)
@@ -49,6 +59,7 @@ def run_training(job: dict) -> dict:
     dpo = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
     metrics = trainer.train(dpo, job)
     last = next((h for h in reversed(dpo.state.log_history) if "rewards/accuracies" in h), {})
-    final = {k.replace("/", "_"): round(v, 4) for k, v in last.items() if k in ("rewards/accuracies", "rewards/margins")}
+    final = {k.replace("/", "_"): round(v, 4) for k, v in last.items()
+             if k in ("rewards/accuracies", "rewards/margins")}
     trainer.save(dpo, tokenizer, job["output"])
     return {**metrics, **final}

@@ -4,9 +4,10 @@
 question/answer rows: a whole answer is right or wrong, no partial credit for noise); `metric: rouge` uses
 EvalScope's `general_qa` (Rouge-L recall). The flow evaluates the candidate and the base model with the
 same settings, so their scores compare.
-Output: an `eval_report` artifact (score, per-sample predictions, EvalScope's report and log), and a
-Prefect table artifact in the dashboard. EvalScope runs in a child process: importing it reconfigures the
-process's root logger, and its memory and any crash stay out of the Prefect worker.
+Output: an `eval_report` artifact (score, per-sample predictions, EvalScope's report and log); the flow
+shows candidate, production and base side by side in the dashboard. EvalScope runs in a child process:
+importing it reconfigures the process's root logger, and its memory and any crash stay out of the
+Prefect worker. Its output goes to the stage's log file.
 """
 
 from __future__ import annotations
@@ -15,17 +16,30 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field
 
 from alignflow.errors import StageError
-from flows.spec import EvaluateStage
 from storage import ArtifactRef
+from tasks.config import StageConfig
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "evalscope", "compressed-tensors")
 BENCHMARK = "alignflow_qa"
 SUBSET = "default"
+
+
+class EvaluateStage(StageConfig):
+    """EvalScope on the eval split, offline; the candidate and the base model get the same settings."""
+
+    metric: Literal["exact_match", "rouge"] = Field(
+        "exact_match", description="exact_match: the whole answer right or wrong (trimmed, case-insensitive); "
+                                   "rouge: Rouge-L recall (EvalScope general_qa)")
+    max_tokens: int = Field(64, ge=1, le=65536, description="generation budget per answer (greedy)")
+    batch_size: int = Field(16, ge=1, le=4096, description="answers generated at once")
+    limit: Optional[int] = Field(None, ge=1, description="evaluate only the first N rows (empty: all)")
 
 
 def register_benchmark() -> None:
@@ -77,11 +91,12 @@ def read_score(work_dir: Path) -> dict:
     raise StageError(f"evaluate: report {reports[0]} has no metric matching {wanted}")
 
 
-def run_evalscope(model_dir: Path, data_dir: Path, work_dir: Path, config: EvaluateStage, logger) -> None:
-    """`python -m tasks.evaluate JOB`: EvalScope's whole output goes to `work_dir/evalscope.log`."""
-    job = {"model": str(model_dir), "data": str(data_dir), "work": str(work_dir), "config": asdict(config)}
+def run_evalscope(model_dir: Path, data_dir: Path, work_dir: Path, config: EvaluateStage, logger,
+                  log_path: Path) -> None:
+    """`python -m tasks.evaluate JOB`: EvalScope's whole output goes to `log_path`."""
+    job = {"model": str(model_dir), "data": str(data_dir), "work": str(work_dir), "config": config.model_dump()}
     work_dir.mkdir(parents=True, exist_ok=True)
-    log_path = work_dir / "evalscope.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("evaluate: EvalScope generating answers for the eval split (log: %s)", log_path)
     with open(log_path, "w") as log:
         code = subprocess.run([sys.executable, "-m", "tasks.evaluate", json.dumps(job)], stdout=log,
@@ -91,10 +106,9 @@ def run_evalscope(model_dir: Path, data_dir: Path, work_dir: Path, config: Evalu
         raise StageError(f"evaluate: EvalScope failed with exit code {code}. Last lines of {log_path}:\n{tail}")
 
 
-@stage("evaluate", libraries=LIBRARIES)
+@stage("evaluate", libraries=LIBRARIES, accelerator=True)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str) -> ArtifactRef:
     from prefect import get_run_logger
-    from prefect.artifacts import create_table_artifact
 
     store, workdir = run.open_store(), run.workdir()
     data_dir, work_dir, out = workdir / "data", workdir / "evalscope", workdir / "output"
@@ -103,7 +117,8 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
     data_dir.mkdir(exist_ok=True)
     out.mkdir()
     shutil.copyfile(store.get_dir(data) / "data.jsonl", data_dir / f"{SUBSET}_test.jsonl")
-    run_evalscope(store.get_dir(model), data_dir, work_dir, config, get_run_logger())
+    log_path = run.log_file(f"evaluate[{role}]")
+    run_evalscope(store.get_dir(model), data_dir, work_dir, config, get_run_logger(), log_path)
     score = read_score(work_dir)
     summary = {**score, "model": {"name": model.name, "version": model.version, "digest": model.digest}}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
@@ -111,12 +126,9 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
         shutil.copyfile(path, out / "evalscope_report.json")
     for path in work_dir.glob("predictions/*/*.jsonl"):
         shutil.copyfile(path, out / "predictions.jsonl")
-    shutil.copyfile(work_dir / "evalscope.log", out / "evalscope.log")
+    shutil.copyfile(log_path, out / "evalscope.log")
     get_run_logger().info("evaluate %s %s: %s = %.3f on %d samples", role, model.label, score["metric"],
                           score["score"], score["samples"])
-    create_table_artifact(key=f"{run.name}-eval-{role}".replace("_", "-").replace(".", "-"),
-                          table=[{"model": model.label, "digest": model.short_digest, **score}],
-                          description=f"EvalScope {score['metric']} of the {role} model")
     return publish(run, f"eval-{role}", "eval_report", out, stage="evaluate", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=score)
 
@@ -126,4 +138,4 @@ if __name__ == "__main__":  # the child process of run_evalscope
 
     job = json.loads(sys.argv[1])
     run_task(task_cfg=task_config(Path(job["model"]), Path(job["data"]), Path(job["work"]),
-                                  EvaluateStage(**job["config"])))
+                                  EvaluateStage.model_validate(job["config"])))

@@ -4,16 +4,29 @@ Rules (all must hold; each failure is listed in the decision's reasons):
     score >= min_score
     score - base score >= min_gain_over_base
     score >= production score - max_regression    (when a model is in production)
-Never cached: production moves between runs. The decision is a plain dict the flow reports.
+Never cached: production moves between runs. The decision is a plain dict the flow reports; it names
+the production version it judged against, and the flow promotes the candidate only if production still
+points there (compare-and-swap), so two runs that pass at once never lose an update.
 """
 
 from __future__ import annotations
 
-from flows.spec import GateStage
+from pydantic import Field
+
 from storage import ArtifactRef
+from tasks.config import StageConfig
 from tasks.stage import RunContext, stage
 
 PRODUCTION = "production"
+
+
+class GateStage(StageConfig):
+    """Rules the candidate's primary score must pass before it may replace production (scores are 0..1)."""
+
+    min_score: float = Field(0.0, ge=0, le=1, description="the candidate's score must reach this")
+    min_gain_over_base: float = Field(0.0, ge=-1, le=1, description="... beat the base model by at least this")
+    max_regression: float = Field(0.0, ge=0, le=1, description="... and not fall below production's score by "
+                                                               "more than this")
 
 
 def production_report(run: RunContext) -> ArtifactRef | None:
@@ -28,7 +41,8 @@ def decide(score: float, base: float, production: float | None, config: GateStag
     if score < config.min_score:
         reasons.append(f"score {score:.3f} is below min_score {config.min_score:.3f}")
     if score - base < config.min_gain_over_base:
-        reasons.append(f"gain over base {score - base:+.3f} is below min_gain_over_base {config.min_gain_over_base:.3f}")
+        reasons.append(f"gain over base {score - base:+.3f} is below min_gain_over_base "
+                       f"{config.min_gain_over_base:.3f}")
     if production is not None and score < production - config.max_regression:
         reasons.append(f"score {score:.3f} is below production's {production:.3f} by more than max_regression "
                        f"{config.max_regression:.3f}")
@@ -43,6 +57,8 @@ def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: Gat
     prod_score = production.metrics["score"] if production else None
     reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config)
     decision = {"passed": not reasons, "reasons": reasons, "score": candidate.metrics["score"],
-                "base_score": base.metrics["score"], "production_score": prod_score}
+                "base_score": base.metrics["score"], "production_score": prod_score,
+                "production": production.label if production else None,
+                "production_version": production.version if production else None}
     get_run_logger().info("gate: %s%s", "passed" if not reasons else "rejected: ", "; ".join(reasons))
     return decision

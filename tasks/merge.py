@@ -6,14 +6,23 @@ few prompts from the eval split; otherwise the stage fails rather than ship a di
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from alignflow.errors import StageError
-from flows.spec import MergeStage
 from storage import ArtifactRef
+from tasks.config import StageConfig
 from tasks.models import chat_texts, load_causal_lm, load_tokenizer, model_chain
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "peft")
 CHECK_PROMPTS = 8
+
+
+class MergeStage(StageConfig):
+    """Runs whenever the model so far is an adapter."""
+
+    tolerance: float = Field(1.0e-3, gt=0, le=10, description="largest |logit difference| allowed between the "
+                                                              "merged model and base+adapter on eval prompts")
 
 
 @stage("merge", libraries=LIBRARIES, uses=("tasks.models",))

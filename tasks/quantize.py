@@ -8,12 +8,26 @@ handled by the flow (the stage is skipped).
 
 from __future__ import annotations
 
-from flows.spec import QuantizeStage
+from typing import Literal
+
+from pydantic import Field
+
 from storage import ArtifactRef
+from tasks.config import StageConfig
 from tasks.models import chat_texts
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
+
+
+class QuantizeStage(StageConfig):
+    """Post-training quantization with llm-compressor, saved as compressed-tensors."""
+
+    method: Literal["w8a8", "w4a16", "none"] = Field(
+        "w8a8", description="w8a8: SmoothQuant + GPTQ int8 (vLLM on CPU and GPU); w4a16: GPTQ int4 weights "
+                            "(GPU serving); none: skip")
+    calibration_samples: int = Field(64, ge=1, le=100000, description="rows of the SFT data used to calibrate")
+    max_length: int = Field(512, ge=8, le=1048576, description="calibration sequence length in tokens")
 
 
 def recipe(method: str) -> list:
@@ -27,10 +41,10 @@ def recipe(method: str) -> list:
             GPTQModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
 
 
-@stage("quantize", libraries=LIBRARIES, uses=("tasks.models",))
+@stage("quantize", libraries=LIBRARIES, uses=("tasks.models",), accelerator=True)
 def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, config: QuantizeStage) -> ArtifactRef:
     from datasets import Dataset
-    from llmcompressor import oneshot
+    from llmcompressor import LoggerConfig, configure_logger, oneshot
     from prefect import get_run_logger
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,7 +54,11 @@ def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, conf
     lm = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     texts = chat_texts(store.get_dir(calibration) / "data.jsonl", tokenizer, config.calibration_samples)
     samples = Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=config.max_length)))
-    get_run_logger().info("quantize: %s with %d calibration samples", config.method, len(texts))
+    log_file = run.log_file("quantize")
+    get_run_logger().info("quantize: %s with %d calibration samples (llm-compressor's output: %s)", config.method,
+                          len(texts), log_file)
+    # llm-compressor logs every module it touches through loguru, which the stage's redirect misses
+    configure_logger(LoggerConfig(console_log_level=None, log_file=str(log_file), log_file_level="INFO"))
     oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method),
             max_seq_length=config.max_length, num_calibration_samples=len(texts))
     lm.save_pretrained(out, save_compressed=True)

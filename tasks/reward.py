@@ -6,29 +6,36 @@ pairwise accuracy: the share of unseen pairs where it scores `chosen` above `rej
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-from flows.spec import RewardStage
+from pydantic import Field
+
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.models import materialize, model_chain
+from tasks.models import materialize
 from tasks.stage import RunContext, publish, stage
+from tasks.trainer import TrainingStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 
-@stage("train_reward_model", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"))
+class RewardStage(TrainingStage):
+    """A scalar reward model (trl.RewardTrainer) on preference pairs. `trainer_args` go to trl.RewardConfig."""
+
+    learning_rate: float = Field(1.0e-4, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
+                                                                   "5% warm-up)")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of pairs held out to measure pairwise "
+                                                              "accuracy")
+
+
+@stage("train_reward_model", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"), accelerator=True)
 def train_reward_model(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: RewardStage) -> ArtifactRef:
     from prefect import get_run_logger
 
-    store, workdir = run.open_store(), run.workdir()
-    job = {"config": asdict(config), "model_chain": [str(p) for p in model_chain(store, model)],
-           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(workdir / "output")}
-    metrics = trainer.launch("train_reward_model", "reward", job, workdir, get_run_logger())
+    metrics, out = trainer.run_trainer(run, "train_reward_model", "reward", model, data, config)
     get_run_logger().info("reward model: held-out pairwise accuracy %.3f on %d pairs",
                           metrics["pairwise_accuracy"], metrics["eval_pairs"])
-    return publish(run, "reward", "reward_model", workdir / "output", stage="train_reward_model", config=config,
+    return publish(run, "reward", "reward_model", out, stage="train_reward_model", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics)
 
 
@@ -40,7 +47,7 @@ def run_training(job: dict) -> dict:
 
     from tasks.models import load_tokenizer
 
-    config = RewardStage(**job["config"])
+    config = RewardStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     body = materialize(job["model_chain"], Path(job["workdir"]) / "merged-base")
     model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)

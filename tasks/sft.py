@@ -7,26 +7,31 @@ Output: an `adapter` artifact (LoRA/QLoRA, recording its base) or a `model` arti
 
 from __future__ import annotations
 
-from flows.spec import LoraSpec, SFTStage
+from typing import Literal
+
+from pydantic import Field
+
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.models import base_record, model_chain
+from tasks.models import base_record
 from tasks.stage import RunContext, publish, stage
+from tasks.trainer import LoraSpec, TrainingStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 
-@stage("train_sft", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"))
+class SFTStage(TrainingStage):
+    """Supervised fine-tuning (trl.SFTTrainer). `trainer_args` go to trl.SFTConfig."""
+
+    tuner: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora: a new adapter; qlora: an adapter on a 4-bit NF4 base (bitsandbytes); "
+                            "full: every weight")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora or qlora)")
+
+
+@stage("train_sft", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"), accelerator=True)
 def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
-    from dataclasses import asdict
-
-    from prefect import get_run_logger
-
-    store, workdir = run.open_store(), run.workdir()
-    out = workdir / "output"
-    job = {"config": asdict(config), "model_chain": [str(p) for p in model_chain(store, model)],
-           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(out)}
-    metrics = trainer.launch("train_sft", "sft", job, workdir, get_run_logger())
+    metrics, out = trainer.run_trainer(run, "train_sft", "sft", model, data, config)
     adapter = config.tuner != "full"
     return publish(run, "sft", "adapter" if adapter else "model", out, stage="train_sft", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
@@ -47,7 +52,7 @@ def run_training(job: dict) -> dict:
 
     from tasks.models import load_causal_lm, load_tokenizer
 
-    config = SFTStage(**{**job["config"], "lora": LoraSpec(**job["config"]["lora"])})
+    config = SFTStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
     masked = "{% generation %}" in (tokenizer.chat_template or "")

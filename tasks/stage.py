@@ -12,6 +12,7 @@ of its input artifacts and the versions of the libraries that shape its result. 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -27,6 +28,7 @@ from typing import Any, Callable
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
 
 from alignflow.errors import NOT_RETRIED, TRANSIENT, TransientError
 from storage import ArtifactRef, ArtifactStore, open_store
@@ -40,9 +42,19 @@ class RunContext:
     store: str  # a folder or an s3:// URI
     cache_dir: str  # local download cache and scratch space
     credentials_block: str | None = None  # a prefect-aws AwsCredentials block for an s3:// store
+    accelerator_limit: str | None = None  # Prefect global concurrency limit held by heavy stages
 
     def open_store(self) -> ArtifactStore:
         return _open_store_once(self.store, self.cache_dir, self.credentials_block)
+
+    def log_file(self, label: str) -> Path:
+        """Where a stage's third-party output goes, one folder per flow run; its dashboard card names it."""
+        from prefect.runtime import flow_run
+
+        from tasks.report import artifact_key
+
+        run_id = str(flow_run.id) if flow_run.id else "local"
+        return Path(self.cache_dir) / "logs" / self.name / run_id / f"{artifact_key(label)}.log"
 
     def workdir(self) -> Path:
         """Scratch space of the running stage, keyed like its cache entry: stable across retries (so a
@@ -72,6 +84,8 @@ def canonical(value: Any) -> Any:
         return {"artifact": value.digest}
     if isinstance(value, RunContext):
         return {"pipeline": value.name}  # the output's name; the locations do not change the result
+    if isinstance(value, BaseModel):
+        return {type(value).__name__: canonical(value.model_dump())}
     if dataclasses.is_dataclass(value):
         return {type(value).__name__: canonical(dataclasses.asdict(value))}
     if isinstance(value, dict):
@@ -145,10 +159,46 @@ def code_version(modules: list[str]) -> str:
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
 
 
-def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = (), cached: bool = True) -> Callable:
+@contextlib.contextmanager
+def accelerator_slot(run: RunContext | None, stage: str):
+    """Hold one slot of the run's Prefect global concurrency limit while a heavy stage works, so runs that
+    share a machine (a schedule, a trigger, a person) queue instead of fighting for its memory."""
+    if run is None or not run.accelerator_limit:
+        yield
+        return
+    import time
+
+    from prefect import get_run_logger
+    from prefect.concurrency.sync import concurrency
+
+    logger, asked = get_run_logger(), time.monotonic()
+    logger.info("%s: waiting for a slot of concurrency limit %r", stage, run.accelerator_limit)
+    # a 60 s lease (Prefect's least), renewed while the stage lives: a killed run frees its slot in a minute
+    with concurrency(run.accelerator_limit, occupy=1, strict=True, lease_duration=60):
+        logger.info("%s: got the slot after %.1fs", stage, time.monotonic() - asked)
+        held = time.monotonic()
+        try:
+            yield
+        finally:
+            logger.info("%s: released the slot after %.1fs", stage, time.monotonic() - held)
+
+
+def library_output(run: RunContext | None, stage: str):
+    """What libraries print while a stage works (progress bars, warnings, per-module lines) goes to the
+    stage's log file; the console and the Prefect log keep alignflow's own lines."""
+    if run is None:
+        return contextlib.nullcontext()
+    from tasks.report import output_to
+
+    return output_to(run.log_file(stage))
+
+
+def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = (), cached: bool = True,
+          accelerator: bool = False) -> Callable:
     """Make `fn` a retried Prefect task keyed on content (or never cached, for `cached=False`).
 
-    `uses`: modules besides the stage's own whose code shapes its result (e.g. "tasks.trainer")."""
+    `uses`: modules besides the stage's own whose code shapes its result (e.g. "tasks.trainer").
+    `accelerator`: the stage holds a slot of the run's accelerator concurrency limit while it works."""
 
     def wrap(fn: Callable) -> Callable:
         code = code_version([fn.__module__, *uses])
@@ -159,13 +209,14 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
         def body(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             key = stage_fingerprint(name, code, libraries, bound.arguments)
+            run = next((a for a in bound.arguments.values() if isinstance(a, RunContext)), None)
             token = _current_stage.set((name, key))
             try:
                 maybe_inject_failure(name)
-                result = fn(*args, **kwargs)
+                with accelerator_slot(run if accelerator else None, name), library_output(run, name):
+                    result = fn(*args, **kwargs)
             finally:
                 _current_stage.reset(token)
-            run = next((a for a in bound.arguments.values() if isinstance(a, RunContext)), None)
             if run is not None:  # the output is in the store now; checkpoints and scratch can go
                 shutil.rmtree(stage_workdir(run.cache_dir, name, key), ignore_errors=True)
             return result
@@ -173,7 +224,8 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
         options: dict[str, Any] = dict(name=name, retries=2, retry_delay_seconds=[10, 30],
                                        retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
         if cached:
-            options.update(cache_policy=ArtifactCachePolicy(stage=name, code_version=code, libraries=libraries), persist_result=True)
+            options.update(cache_policy=ArtifactCachePolicy(stage=name, code_version=code, libraries=libraries),
+                           persist_result=True)
         else:
             from prefect.cache_policies import NO_CACHE
 

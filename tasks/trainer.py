@@ -23,18 +23,50 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import Field
+
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
+from tasks import report
+from tasks.config import StageConfig
 
 PROGRESS = "@@alignflow-progress "
+PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "mean_token_accuracy", "learning_rate")
 SEED = 42
 
 
-def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None) -> dict:
-    """Run `tasks.<module>.run_training(job)` in a child process; return its metrics."""
+class LoraSpec(StageConfig):
+    """The shape of a LoRA adapter (peft.LoraConfig)."""
+
+    r: int = Field(16, ge=1, le=1024, description="rank of the update matrices; higher learns more, costs more")
+    alpha: int = Field(32, ge=1, le=4096, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input during training")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="modules that get an adapter: 'all-linear', or names such as ['q_proj', 'v_proj']")
+
+
+class TrainingStage(StageConfig):
+    """What every trainer stage shares. Anything else TRL's config takes goes through `trainer_args`."""
+
+    epochs: float = Field(1.0, gt=0, le=1000, description="passes over the data (fractions allowed)")
+    learning_rate: float = Field(2.0e-4, gt=0, le=1.0, description="peak learning rate (cosine schedule, 5% warm-up)")
+    batch_size: int = Field(8, ge=1, le=65536, description="rows per step on each device")
+    max_length: int = Field(1024, ge=8, le=1048576, description="tokens per row; longer rows are truncated")
+    trainer_args: dict = Field(default_factory=dict,
+                               description="forwarded unchanged to TRL's config class (e.g. {max_steps: 100})")
+
+
+def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None,
+           log_file: Path | None = None, dashboard_key: str | None = None) -> dict:
+    """Run `tasks.<module>.run_training(job)` in a child process; return its metrics.
+
+    Progress goes to `logger` and, with a `dashboard_key`, to a progress artifact and a loss-curve picture
+    in the Prefect dashboard; everything else the child prints (TRL, accelerate, warnings) to `log_file`."""
     import torch
 
     logger = logger or logging.getLogger(f"alignflow.{stage}")
-    for stale in ("result.json", "failure.json"):
+    log_file = log_file or workdir / "trainer.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    for stale in ("result.json", "failure.json", "history.json"):
         (workdir / stale).unlink(missing_ok=True)
     job = dict(job, stage=stage, stage_module=module, workdir=str(workdir))
     (workdir / "job.json").write_text(json.dumps(job, indent=2))
@@ -46,17 +78,39 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     if not gpus:
         env.setdefault("DS_ACCELERATOR", "cpu")
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    started = time.monotonic()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+    started, progress = time.monotonic(), report.ProgressArtifact(f"{dashboard_key}-progress", f"{stage} steps") \
+        if dashboard_key else None
+    logger.info("%s: trainer output goes to %s", stage, log_file)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc, \
+            open(log_file, "a", encoding="utf-8") as log:
         for line in proc.stdout:
             if line.startswith(PROGRESS):
-                logger.info("%s: %s", stage, describe_progress(json.loads(line[len(PROGRESS):]), started))
+                p = json.loads(line[len(PROGRESS):])
+                logger.info("%s: %s", stage, describe_progress(p, started))
+                if progress and p.get("max_steps"):
+                    progress.update(p["step"] / p["max_steps"])
             elif line.strip():
+                log.write(line)
                 tail.append(line.rstrip())
         code = proc.wait()
     if code == 0 and (workdir / "result.json").exists():
+        if dashboard_key:
+            show_curves(workdir, stage, dashboard_key, progress)
         return json.loads((workdir / "result.json").read_text())
     raise child_failure(stage, workdir, code, list(tail))
+
+
+def show_curves(workdir: Path, stage: str, dashboard_key: str, progress) -> None:
+    """After training: the progress bar at 100% and the loss curve as a picture in the dashboard."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if progress:
+        progress.update(1.0)
+    history = workdir / "history.json"
+    markdown = report.training_curves_markdown(json.loads(history.read_text()), stage) if history.exists() else ""
+    if markdown:
+        create_markdown_artifact(key=f"{dashboard_key}-curves", markdown=markdown,
+                                 description=f"{stage}: loss curve")
 
 
 def child_failure(stage: str, workdir: Path, code: int, tail: list[str]) -> AlignflowError:
@@ -77,11 +131,27 @@ def describe_progress(p: dict, started: float) -> str:
     step, total = p.get("step", 0), p.get("max_steps") or 0
     elapsed = time.monotonic() - started
     parts = [f"step {step}/{total}" + (f" ({100 * step // total}%)" if total else "")]
-    parts += [f"{k} {v:.4g}" for k, v in p.get("logs", {}).items() if isinstance(v, (int, float))]
+    logs = p.get("logs", {})
+    parts += [f"{k} {logs[k]:.4g}" for k in PROGRESS_KEYS if isinstance(logs.get(k), (int, float))]
     if step and total and p.get("steps_this_run"):
         rate = p["steps_this_run"] / max(p.get("train_seconds", elapsed), 1e-6)
         parts.append(f"| {rate:.1f} steps/s, ETA {max(total - step, 0) / rate:.0f}s")
     return " ".join(parts)
+
+
+def run_trainer(run, stage: str, module: str, model, data, config) -> tuple[dict, Path]:
+    """The parent side every trainer stage shares: materialize the model chain and the data, run
+    `tasks.<module>.run_training` in a child process, return (metrics, output folder)."""
+    from prefect import get_run_logger
+
+    from tasks.models import model_chain
+
+    store, workdir = run.open_store(), run.workdir()
+    job = {"config": config.model_dump(), "model_chain": [str(p) for p in model_chain(store, model)],
+           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(workdir / "output")}
+    metrics = launch(stage, module, job, workdir, get_run_logger(), run.log_file(stage),
+                     report.artifact_key(run.name, stage))
+    return metrics, workdir / "output"
 
 
 # ---- child side -------------------------------------------------------------------------------------
@@ -116,6 +186,8 @@ def train(trainer, job: dict) -> dict:
     if last:
         print(f"resuming from {last}", flush=True)
     output = trainer.train(resume_from_checkpoint=last)
+    if trainer.state.is_world_process_zero:  # the parent draws the loss curve from it
+        (Path(job["workdir"]) / "history.json").write_text(json.dumps(trainer.state.log_history))
     return {"train_loss": round(float(output.training_loss), 6), "steps": int(output.global_step),
             "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else 0}
 

@@ -32,10 +32,46 @@ def test_bad_choice_suggests_the_close_one():
         parse_spec({**MINIMAL, "stages": {"sft": {"tuner": "lorra"}}})
 
 
-def test_stage_written_without_settings_is_on_with_defaults():
-    spec = parse_spec({**MINIMAL, "stages": {"sft": None}})
+def test_stage_written_without_settings_in_yaml_is_on_with_defaults(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: p\nmodel: builtin://tiny-qwen2\ndata: {sft: builtin://reverse/sft}\nstages:\n  sft:\n")
+    spec = load_spec(path)
     assert spec.stages.sft is not None and spec.stages.sft.tuner == "lora"
     assert spec.stages.dpo is None
+
+
+def test_a_null_stage_in_flow_parameters_is_off():
+    """The dashboard's form sends null for a stage the user switched off."""
+    assert parse_spec({**MINIMAL, "stages": {"sft": None}}).stages.sft is None
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("sft.epochs", -1, "stages.sft.epochs: -1 is out of range (valid: 0 < x <= 1000)"),
+    ("sft.learning_rate", -0.1, "stages.sft.learning_rate: -0.1 is out of range (valid: 0 < x <= 1)"),
+    ("sft.batch_size", 0, "stages.sft.batch_size: 0 is out of range (valid: 1 <= x <= 65536)"),
+    ("sft.lora.r", 0, "stages.sft.lora.r: 0 is out of range (valid: 1 <= x <= 1024)"),
+    ("gate.min_score", 5, "stages.gate.min_score: 5 is out of range (valid: 0 <= x <= 1)"),
+])
+def test_values_out_of_range_name_the_field_and_its_range(field, value, expected):
+    raw = {**MINIMAL, "data": {**MINIMAL["data"], "eval": "builtin://reverse/eval"},
+           "stages": {"evaluate": {}, "sft": {}, "gate": {}}}
+    apply_override(raw, f"stages.{field}={value}")
+    with pytest.raises(ConfigError) as err:
+        parse_spec(raw)
+    assert expected in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_the_run_form_schema_carries_descriptions_defaults_and_ranges():
+    """What the Prefect dashboard renders as the run form comes from these models."""
+    from flows.spec import PipelineSpec
+
+    schema = PipelineSpec.model_json_schema()
+    sft = schema["$defs"]["SFTStage"]["properties"]
+    assert sft["epochs"]["exclusiveMinimum"] == 0 and sft["epochs"]["default"] == 1.0
+    assert sft["batch_size"]["minimum"] == 1
+    assert "passes over the data" in sft["epochs"]["description"]
+    assert schema["$defs"]["GateStage"]["properties"]["min_score"]["maximum"] == 1
 
 
 def test_stage_needing_missing_data_is_refused():
@@ -62,6 +98,6 @@ def test_integers_are_accepted_where_numbers_are_expected_but_not_booleans():
 
 
 def test_spec_survives_the_round_trip_through_flow_parameters():
-    spec = load_spec("deployments/demo.yaml", ["stages.reward=null"])
-    spec.stages.reward = None
+    spec = load_spec("deployments/demo.yaml", skip=["reward"])
+    assert spec.stages.reward is None
     assert parse_spec(spec.to_dict()) == spec

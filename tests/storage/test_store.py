@@ -113,6 +113,27 @@ def test_alias_compare_and_swap_refuses_a_stale_writer(store, tmp_path):
     assert store.alias_target("p/m", "production") == 2
 
 
+def test_promotion_against_a_stale_judgement_is_refused(store, tmp_path):
+    """A run judged its candidate against production@1; another run promoted meanwhile: no lost update."""
+    refs = [store.put_dir("p/r", "eval_report", make_folder(tmp_path / str(i), {"f": str(i).encode()}))
+            for i in range(3)]
+    store.promote(refs[0], "production", expected=None)
+    store.promote(refs[1], "production", expected=1)  # the winner
+    with pytest.raises(ConflictError, match="now points at p/r@2, not at p/r@1"):
+        store.promote(refs[2], "production", expected=1)
+    assert store.alias_target("p/r", "production") == 2
+    assert store.read_alias("p/r", "production")[0]["history"] == [1]
+
+
+def test_markers_are_written_once(store, tmp_path):
+    ref = store.put_dir("p/d", "raw_data", make_folder(tmp_path / "d", {"x.jsonl": b"{}\n"}))
+    assert not store.has_marker(ref, "announced")
+    store.put_marker(ref, "announced")
+    store.put_marker(ref, "announced")  # again: still one fact, no error
+    assert store.has_marker(ref, "announced")
+    assert store.names() == ["p/d"]  # a marker is not an artifact
+
+
 def test_rollback_returns_the_alias_to_its_previous_target(store, tmp_path):
     refs = [store.put_dir("p/m", "model", make_folder(tmp_path / str(i), {"f": str(i).encode()})) for i in range(3)]
     for ref in refs:

@@ -1,5 +1,4 @@
-from flows.spec import GateStage
-from tasks.gate import decide
+from tasks.gate import GateStage, decide
 
 
 def test_gate_passes_a_clear_improvement():

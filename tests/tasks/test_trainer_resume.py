@@ -7,15 +7,14 @@ import json
 import logging
 import re
 import subprocess
-from dataclasses import asdict
 
 import pytest
 
 from alignflow.errors import ConfigError, TransientError
-from flows.spec import SFTStage
 from tasks import trainer
 from tasks.builtin import reverse_task
 from tasks.download import fetch_model
+from tasks.sft import SFTStage
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ def sft_job(tmp_path, **config) -> tuple[dict, object]:
     stage = SFTStage(tuner="full", epochs=2, learning_rate=3e-3, batch_size=16, max_length=64, **config)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    return {"config": asdict(stage), "model_chain": [str(model)], "data": str(data),
+    return {"config": stage.model_dump(), "model_chain": [str(model)], "data": str(data),
             "output": str(workdir / "output")}, workdir
 
 
