@@ -20,3 +20,28 @@ def pid_alive(pid: int | None) -> bool:
         return done == 0
     except ChildProcessError:  # not our child: it exists
         return True
+
+
+def stop_group(pid: int, sig: int, timeout: float = 30.0) -> bool:
+    """Send `sig` to the process group led by `pid`, wait up to `timeout` s, then SIGKILL what is left.
+    Returns whether anything was running."""
+    import signal
+    import time
+
+    if not pid_alive(pid):
+        return False
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        while pid_alive(pid):
+            time.sleep(0.1)
+    return True

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -89,16 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scan-interval", type=float, default=15.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="alignflow-bench-service-") as tmp:
-        home = Path(tmp)
-        os.environ.update(ALIGNFLOW_CACHE=str(home / "cache"), ALIGNFLOW_HOME=str(home / "state"),
-                          PREFECT_HOME=str(home / "prefect"))
-        os.environ.pop("PREFECT_API_URL", None)
-        try:
-            warm = warm_reruns(home)
-            trigger = new_data_latency(home, args.scan_interval)
-        finally:
-            subprocess.run([ALIGNFLOW, "server", "down"], capture_output=True)
+    from flows.server import throwaway_home
+
+    with throwaway_home("alignflow-bench-service-") as home:
+        warm = warm_reruns(home)
+        trigger = new_data_latency(home, args.scan_interval)
     print(f"{'measure':<52} {'seconds':>8}")
     print(f"{'demo without deploy, cold':<52} {warm['cold']:>8.1f}")
     print(f"{'warm re-run, temporary API (today without a server)':<52} {warm['ephemeral_warm']:>8.1f}")

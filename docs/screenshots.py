@@ -3,17 +3,17 @@
     make screenshots        (or: .venv/bin/python docs/screenshots.py)
 
 In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, one run of post-train/manual
-(through the worker, as the dashboard's Run button would start it), then three pages: the run with its
-artifacts, the deployment's run form, and the deployments list. Everything started is stopped at the end.
+(through the worker, as the dashboard's Run button would start it), then the pages: the run with its
+artifacts, DPO's stage card and loss curve, the deployment's run form refusing a value out of range, the
+deployments list with the nightly schedule, and the automations with the new-data trigger. Everything
+started is stopped at the end.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,54 +51,78 @@ def run_manual(api_url: str) -> str:
     sys.exit("the demo run did not finish within 30 minutes")
 
 
-def capture(ui_url: str, run_id: str, deployment_id: str) -> None:
+def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     IMAGES.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(f"{ui_url}/runs/flow-run/{run_id}")
-        page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text("demo-train-dpo-curves").first.wait_for(timeout=60000)
+        page.goto(f"{ui_url}/runs/flow-run/{run_id}")  # the run, its stage graph and its artifacts
+        page.locator("li.p-tab", has_text="Artifacts").click()
+        page.get_by_text("demo-evaluation").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
-        page.screenshot(path=str(IMAGES / "flow-run.png"), full_page=True)
+        page.screenshot(path=str(IMAGES / "flow-run.png"))
 
-        page.goto(f"{ui_url}/deployments/deployment/{deployment_id}/run")
-        page.get_by_text("beta").first.wait_for(timeout=60000)
+        page.goto(f"{ui_url}/artifacts/artifact/{card_id}")  # DPO's stage card
+        page.get_by_text("config:").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
-        page.screenshot(path=str(IMAGES / "run-form.png"), full_page=True)
+        page.screenshot(path=str(IMAGES / "stage-card.png"))
+
+        page.goto(f"{ui_url}/artifacts/artifact/{curves_id}")  # DPO's loss curve and reward margin
+        page.get_by_text("training curves").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "loss-curve.png"))
+
+        page.goto(f"{ui_url}/deployments/deployment/{deployment_id}/run")  # the form, a value out of range
+        beta = page.get_by_text("Beta (Optional)", exact=True)
+        beta.wait_for(timeout=60000)
+        field = beta.locator("xpath=following::input[1]")
+        field.fill("-1")
+        field.blur()
+        page.get_by_role("button", name="Submit").click()
+        page.get_by_text("Validation failed").last.wait_for(timeout=30000)  # the server's refusal, naming the field
+        beta.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 300)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(IMAGES / "run-form.png"))
 
         page.goto(f"{ui_url}/deployments")
         page.get_by_text("on-new-data").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(IMAGES / "deployments.png"))
+
+        page.goto(f"{ui_url}/automations")  # the new-data trigger and the crash detector
+        page.get_by_text("alignflow.dataset.updated").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "triggers.png"))
         browser.close()
+
+
+def ids(api_url: str) -> tuple[str, str, str]:
+    """The post-train/manual deployment's id, and the newest DPO card's and loss curve's artifact ids."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("post-train/manual")
+        newest = [client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[-1]
+                  for key in ("demo-train-dpo", "demo-train-dpo-curves")]
+    return str(deployment.id), *(str(a.id) for a in newest)
 
 
 def main() -> None:
     if not Path(CHROMIUM).exists():
         sys.exit("needs Debian's chromium package: apt-get install chromium")
-    with tempfile.TemporaryDirectory(prefix="alignflow-screenshots-") as tmp:
-        home = Path(tmp)
-        os.environ.update(ALIGNFLOW_HOME=str(home / "state"), PREFECT_HOME=str(home / "prefect"),
-                          ALIGNFLOW_CACHE=str(home / "cache"))
-        os.environ.pop("PREFECT_API_URL", None)
-        try:
-            alignflow("server", "up", "--port", "0")
-            state = json.loads((home / "state" / "server" / "state.json").read_text())
-            alignflow("deploy", "--store", str(home / "store"))
-            run_id = run_manual(state["server"]["api_url"])
-            from prefect import get_client
-            from prefect.settings import temporary_settings
+    from flows.server import throwaway_home
 
-            with temporary_settings(updates={"api.url": state["server"]["api_url"]}), \
-                    get_client(sync_client=True) as client:
-                deployment_id = str(client.read_deployment_by_name("post-train/manual").id)
-            capture(state["server"]["ui_url"], run_id, deployment_id)
-        finally:
-            subprocess.run([ALIGNFLOW, "serve", "stop", "--all"], capture_output=True)
-            subprocess.run([ALIGNFLOW, "server", "down"], capture_output=True)
+    with throwaway_home("alignflow-screenshots-") as home:
+        alignflow("server", "up", "--port", "0")
+        state = json.loads((home / "state" / "server" / "state.json").read_text())
+        alignflow("deploy", "--store", str(home / "store"))
+        run_id = run_manual(state["server"]["api_url"])
+        capture(state["server"]["ui_url"], run_id, *ids(state["server"]["api_url"]))
     print(f"wrote {', '.join(sorted(p.name for p in IMAGES.glob('*.png')))} to {IMAGES}")
 
 

@@ -48,7 +48,7 @@ def field_rows(model: type[BaseModel]) -> list[str]:
 
 
 def _valid(model, name: str, field) -> str:
-    from flows.spec import valid_range
+    from tasks.config import valid_range
 
     hint = field.annotation
     choices = [a for a in typing.get_args(hint) if isinstance(a, str)] if typing.get_origin(hint) is typing.Literal \

@@ -97,7 +97,7 @@ def crash_zombie_runs() -> None:
 
     replace_automation(Automation(
         name="alignflow: crash silent runs",
-        description="Marks alignflow flow runs Crashed when their heartbeats stop (killed worker or node).",
+        description="Marks post-train runs Crashed when their heartbeats stop (a killed worker, a lost node).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.*"},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),

@@ -38,11 +38,16 @@ def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
     """Post-train and ship one pipeline. `dataset` (NAME@VERSION): the dataset version whose arrival
     started this run; data sources that name that dataset use exactly that version."""
     spec = parse_spec(spec)  # what the dashboard's form sends gets the same checks as a YAML file
-    run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit)
-    steps, stages = Steps(spec, result_storage(spec.store, spec.storage)), spec.stages
-    summary = {"name": spec.name, "store": spec.store, "status": "completed", "steps": steps.rows}
-    prepare_run(spec)
+    run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit,
+                     spec.service.accelerator_slots)
+    with Steps(spec, result_storage(spec.store, spec.storage)) as steps:
+        return publish_summary(pipeline(steps, run, spec, dataset))
 
+
+def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> dict:
+    """The stages in order; returns the run's summary."""
+    stages, summary = spec.stages, {"name": spec.name, "store": spec.store, "status": "completed",
+                                    "steps": steps.rows}
     base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
     data = convert_all(steps, run, spec, dataset)
     model = base
@@ -67,12 +72,12 @@ def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
                              "base": base_report.metrics["score"]}
         if stages.gate:
             decision = steps.run(gate, run, report, base_report, stages.gate)
-            show_scores(run, report, base_report, decision)
+            steps.later(show_scores, run, report, base_report, decision)
             if not decision["passed"]:
                 return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
         return ship(steps, run, spec, summary, model, report, decision, any_split(data))
-    return publish_summary(summary)
+    return summary
 
 
 def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model: ArtifactRef,
@@ -97,12 +102,12 @@ def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model
                 with contextlib.suppress(ConflictError):
                     store.rollback(report.name, PRODUCTION, expected=report.version)
             raise
-        show_endpoint(spec.name, deployment.metrics["endpoint"], model)
+        steps.later(show_endpoint, spec.name, deployment.metrics["endpoint"], model)
         summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
                        probe=deployment.metrics.get("smoke_prompt", "hello"))
     store.promote(model, PRODUCTION)
     summary["production"] = model.label
-    return publish_summary(summary)
+    return summary
 
 
 def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> dict[str, ArtifactRef]:
@@ -116,17 +121,8 @@ def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str 
     data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source), raw,
                              label=f"convert_dataset[{split}]")
             for split, (source, raw) in sources.items()}
-    label_run(spec.name, stage_names(spec), {split: ref.label for split, ref in data.items()})
+    steps.later(label_run, spec.name, stage_names(spec), {split: ref.label for split, ref in data.items()})
     return data
-
-
-def prepare_run(spec: PipelineSpec) -> None:
-    """Tag the run with its pipeline and stages, and make sure the accelerator concurrency limit exists."""
-    from flows.dashboard import label_run
-    from flows.server import ensure_concurrency_limit
-
-    label_run(spec.name, stage_names(spec))
-    ensure_concurrency_limit(spec.service.accelerator_limit, spec.service.accelerator_slots)
 
 
 def stage_names(spec: PipelineSpec) -> list[str]:
@@ -147,7 +143,7 @@ def not_shipped(spec: PipelineSpec, summary: dict, status: str, reasons: list[st
 
     get_run_logger().warning("%s: %s", status, "; ".join(reasons))
     announce_not_shipped(spec.name, status, reasons)
-    return publish_summary(dict(summary, status=status, reasons=reasons))
+    return dict(summary, status=status, reasons=reasons)
 
 
 def publish_summary(summary: dict) -> dict:

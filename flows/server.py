@@ -27,12 +27,13 @@ import urllib.request
 from pathlib import Path
 
 from alignflow.errors import AlignflowError
-from alignflow.processes import pid_alive
+from alignflow.processes import pid_alive, stop_group
 
 POOL = "alignflow"
 DEFAULT_PORT = 4200  # Prefect's own default; a free port is taken when it is busy, and kept after
 START_TIMEOUT = 600.0  # the first start creates and migrates the database: 30 s idle, minutes when busy
 HEARTBEAT_SECONDS = 30  # flow runs started by the worker report they are alive this often
+WORKER_QUERY_SECONDS = 2  # how often the worker asks the server for runs that are due
 
 
 class ServerError(AlignflowError):
@@ -126,6 +127,8 @@ def up(database: str | None = None, slots: int = 1, limit_name: str = "alignflow
     api_url = state["server"]["api_url"]
     from prefect.settings import temporary_settings
 
+    from tasks.stage import ensure_concurrency_limit
+
     with temporary_settings(updates={"api.url": api_url}):
         ensure_concurrency_limit(limit_name, slots, update=True)
         if not pid_alive(state.get("worker", {}).get("pid")):
@@ -187,6 +190,9 @@ def start_server(database: str | None, port: int | None = None) -> dict:
 
 def start_worker(api_url: str) -> dict:
     env = prefect_env(api_url)
+    # Prefect's worker asks for due runs every 10 s; a run a new file triggers waits for that twice (the scan,
+    # then the run). A query every 2 s on loopback costs nothing worth keeping that delay for.
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(WORKER_QUERY_SECONDS))
     log = home() / "worker.log"
     name = f"alignflow-{socket.gethostname()}"
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
@@ -225,7 +231,7 @@ def wait_until(ready, proc: subprocess.Popen, what: str, log: Path, timeout: flo
                               f"{tail(log)}")
         waited = time.monotonic() - started
         if waited > timeout:
-            stop_group(proc.pid)
+            stop_group(proc.pid, signal.SIGKILL)
             raise ServerError(f"{what} did not come up within {timeout:.0f}s; it was stopped. Last lines of "
                               f"{log}:\n{tail(log)}")
         if waited - told >= 15:
@@ -244,77 +250,69 @@ def worker_online(api_url: str, name: str) -> bool:
         return False
 
 
-def ensure_concurrency_limit(name: str, slots: int, update: bool = False) -> None:
-    """The global concurrency limit heavy stages hold. Created with `slots` when missing; `update` (from
-    `server up`) also changes the slots of an existing one."""
-    from prefect import get_client
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        if update:
-            client.upsert_global_concurrency_limit_by_name(name, slots)
-            return
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
-            except ObjectAlreadyExists:
-                pass  # another run created it first
-
-
 # ---- down ----------------------------------------------------------------------------------------
 
 def down() -> list[str]:
     """Stop the worker (and the flow runs it started), then the server; return what was stopped."""
     state, stopped = read_state(), []
     worker = state.get("worker")
-    if worker and pid_alive(worker["pid"]):
-        stop_tree(worker["pid"], signal.SIGINT)  # a Prefect worker ignores SIGTERM
+    if worker and stop_tree(worker["pid"], signal.SIGINT):  # a Prefect worker ignores SIGTERM
         stopped.append(f"worker (pid {worker['pid']})")
     server = state.get("server")
-    if server and not server.get("external") and pid_alive(server["pid"]):
-        stop_tree(server["pid"], signal.SIGTERM)
+    if server and not server.get("external") and stop_tree(server["pid"], signal.SIGTERM):
         stopped.append(f"server (pid {server['pid']}, {server['ui_url']})")
     (home() / "state.json").unlink(missing_ok=True)
     return stopped
 
 
-def stop_tree(pid: int, sig: int, timeout: float = 30.0) -> None:
+def stop_tree(pid: int, sig: int, timeout: float = 30.0) -> bool:
     """Signal a process group, wait, then SIGKILL it and every descendant that is left (flow runs the worker
-    started live in their own process groups)."""
+    started live in their own process groups). Returns whether it was running."""
     import psutil
 
     try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    stop_group(pid, sig, timeout)
+        process = psutil.Process(pid)
+        if "prefect" not in " ".join(process.cmdline()):
+            return False  # the pid was reused by another program since: not ours to stop
+        descendants = process.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    running = stop_group(pid, sig, timeout)
     for proc in descendants:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(descendants, timeout=10)
+    return running
 
 
-def stop_group(pid: int, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if pid_alive(pid):
+@contextlib.contextmanager
+def throwaway_home(prefix: str):
+    """A temporary ALIGNFLOW_HOME, PREFECT_HOME and ALIGNFLOW_CACHE for scripts that run the whole service
+    (benchmarks, screenshots). Model servers and the Prefect server started there are stopped at the end."""
+    import tempfile
+
+    from tasks.deploy import all_states, stop_server
+
+    names = ("ALIGNFLOW_HOME", "PREFECT_HOME", "ALIGNFLOW_CACHE", "PREFECT_API_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        home = Path(tmp)
+        os.environ.update(ALIGNFLOW_HOME=str(home / "state"), PREFECT_HOME=str(home / "prefect"),
+                          ALIGNFLOW_CACHE=str(home / "cache"))
+        os.environ.pop("PREFECT_API_URL", None)
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        while pid_alive(pid):
-            time.sleep(0.1)
+            yield home
+        finally:
+            for state in all_states():
+                stop_server(state)
+            down()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 # ---- status and logs -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from pydantic import Field, ValidationError
 
 from alignflow.errors import ConfigError
-from tasks.config import StageConfig
+from tasks.config import StageConfig, valid_range
 from tasks.deploy import DeployStage
 from tasks.dpo import DPOStage
 from tasks.evaluate import EvaluateStage
@@ -210,7 +210,6 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
               "dict": "a mapping", "model": "a mapping", "model_attributes": "a mapping", "list": "a list"}
-BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
 
 def describe_errors(errors: list[dict], raw: dict) -> list[str]:
@@ -303,22 +302,3 @@ def _union_words(model, field: str) -> str:
         else:
             words.append(names.get(option, getattr(option, "__name__", str(option))))
     return " or ".join(words)
-
-
-def valid_range(model, field: str) -> str:
-    """'> 0', '0 <= x <= 1': the bounds declared on a field, as its error and the docs show them."""
-    lower, upper = [], []
-    for meta in model.model_fields[field].metadata:
-        for attr, sign in BOUNDS:
-            bound = getattr(meta, attr, None)
-            if bound is not None:
-                (lower if attr in ("ge", "gt") else upper).append((sign, bound))
-    if lower and upper:
-        (ls, lv), (us, uv) = lower[0], upper[0]
-        return f"{_number(lv)} {'<=' if ls == '>=' else '<'} x {us} {_number(uv)}"
-    return " and ".join(f"{sign} {_number(bound)}" for sign, bound in lower + upper) or "any"
-
-
-def _number(value) -> str:
-    """1048576 -> '1048576', 0.5 -> '0.5' (never '1.04858e+06')."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"

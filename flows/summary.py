@@ -19,9 +19,31 @@ KEY_METRICS = {  # the one number each stage is judged by in the summary
 
 @dataclass
 class Steps:
+    """Runs the flow's stages. Use it as a context manager: what it shows in the dashboard is sent in the
+    background (one card per stage would otherwise add a round trip each to a run of cache hits), and
+    leaving the `with` block waits until all of it has arrived."""
+
     spec: Any  # the PipelineSpec: its retry policy, and the failure card's reproduction recipe
     result_storage: Any = None  # where stage results and cache records go (storage/results.py)
     rows: list[dict] = field(default_factory=list)
+    _background: Any = None
+
+    def __enter__(self) -> "Steps":
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alignflow-dashboard")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._background.shutdown(wait=True)
+
+    def later(self, fn, *args) -> None:
+        """Call `fn(*args)` in the background, in this run's context (artifacts attach to this run). A
+        failure to show something is logged and never fails the run."""
+        import contextvars
+
+        context = contextvars.copy_context()
+        self._background.submit(context.run, _quietly, fn, *args)
 
     def run(self, task, *args, label: str | None = None):
         """Call a stage task with the spec's retry policy; record ran/cached, duration and output."""
@@ -39,16 +61,11 @@ class Steps:
             state = task.with_options(**options)(*args, return_state=True)
             result = state.result()  # raises the stage's own error if it failed
         except Exception as exc:
-            try:
-                dashboard.show_failure(self.spec, label, exc)
-            except Exception as card_error:  # the stage's own error is what the user needs to see
-                from prefect import get_run_logger
-
-                get_run_logger().warning("could not add the failure card to the dashboard: %s", card_error)
+            self.later(dashboard.show_failure, self.spec, label, exc)
             raise
         row = self.row(task, label, state, result, time.monotonic() - started)
         self.rows.append(row)
-        dashboard.show_stage(self.spec, row, args, result)
+        self.later(dashboard.show_stage, self.spec, row, args, result)
         return result
 
     @staticmethod
@@ -64,6 +81,15 @@ class Steps:
             row.update(artifact=result.label, digest=result.short_digest,
                        metric=f"{metric}={result.metrics[metric]}" if metric in result.metrics else "")
         return row
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # the run's own work and errors matter more than its dashboard
+        from prefect import get_run_logger
+
+        get_run_logger().warning("could not update the dashboard (%s): %s", fn.__name__, exc)
 
 
 def stage_inputs(args: tuple) -> tuple[list[ArtifactRef], StageConfig | None]:

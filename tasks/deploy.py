@@ -24,7 +24,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from alignflow.errors import ConfigError, StageError, StorageError, TransientError
-from alignflow.processes import pid_alive
+from alignflow.processes import pid_alive, stop_group
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.models import first_question
@@ -85,18 +85,8 @@ def serving_digest(state: dict) -> str | None:
 
 def stop_server(state: dict, timeout: float = 30.0) -> bool:
     """SIGINT the server's process group, then SIGKILL if it lingers; remove its state file."""
-    pid, stopped = state["pid"], False
-    if pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        stopped = True
+    pid = state["pid"]
+    stopped = stop_group(pid, signal.SIGINT, timeout)  # vLLM stops on SIGINT in under a second
     current = read_state(state["name"])
     if current and current["pid"] == pid:
         (state_dir() / f"{state['name']}.json").unlink(missing_ok=True)

@@ -43,6 +43,7 @@ class RunContext:
     cache_dir: str  # local download cache and scratch space
     credentials_block: str | None = None  # a prefect-aws AwsCredentials block for an s3:// store
     accelerator_limit: str | None = None  # Prefect global concurrency limit held by heavy stages
+    accelerator_slots: int = 1  # its size, when this run is the first to need it
 
     def open_store(self) -> ArtifactStore:
         return _open_store_once(self.store, self.cache_dir, self.credentials_block)
@@ -95,8 +96,13 @@ def canonical(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _version(library: str) -> str:
+    return importlib.metadata.version(library)  # reads package metadata from disk: once per process
+
+
 def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
-    return {lib: importlib.metadata.version(lib) for lib in libraries}
+    return {lib: _version(lib) for lib in libraries}
 
 
 def stage_fingerprint(stage: str, code_version: str, libraries: tuple[str, ...], inputs: dict) -> str:
@@ -173,6 +179,7 @@ def accelerator_slot(run: RunContext | None, stage: str):
 
     logger, asked = get_run_logger(), time.monotonic()
     logger.info("%s: waiting for a slot of concurrency limit %r", stage, run.accelerator_limit)
+    ensure_concurrency_limit(run.accelerator_limit, run.accelerator_slots)
     # a 60 s lease (Prefect's least), renewed while the stage lives: a killed run frees its slot in a minute
     with concurrency(run.accelerator_limit, occupy=1, strict=True, lease_duration=60):
         logger.info("%s: got the slot after %.1fs", stage, time.monotonic() - asked)
@@ -181,6 +188,24 @@ def accelerator_slot(run: RunContext | None, stage: str):
             yield
         finally:
             logger.info("%s: released the slot after %.1fs", stage, time.monotonic() - held)
+
+
+def ensure_concurrency_limit(name: str, slots: int, update: bool = False) -> None:
+    """The global concurrency limit heavy stages hold, created with `slots` when missing (a limit that
+    does not exist would limit nothing). `update` (from `server up --slots`) resizes an existing one."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        if update:
+            client.upsert_global_concurrency_limit_by_name(name, slots)
+            return
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it first
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
 def library_output(run: RunContext | None, stage: str):
