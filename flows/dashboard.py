@@ -39,12 +39,14 @@ def _plain(value):
     return value
 
 
-def failure_markdown(stage: str, error: BaseException, spec_yaml: str, store: str) -> str:
-    """What failed, why, and the exact command that reruns it here: every stage before it is cached."""
+def failure_markdown(stage: str, error: BaseException, spec_yaml: str, store: str, pinned: dict[str, str]) -> str:
+    """What failed, why, and the exact command that reruns it here: every stage before it is cached.
+    `pinned`: the dataset versions this run's store:// sources resolved to (a later run may see newer)."""
+    sets = "".join(f" --set data.{split}={source}" for split, source in sorted(pinned.items()))
     return "\n".join([
         f"### {stage} failed", "", f"**{type(error).__name__}**", "", "```", str(error)[-4000:], "```", "",
         "Reproduce it locally: save the spec below as `spec.yaml`, then run", "",
-        "```bash", f"alignflow run spec.yaml --store {store}", "```", "",
+        "```bash", f"alignflow run spec.yaml --store {store}{sets}", "```", "",
         f"Every stage before `{stage}` comes from the cache, so this reruns `{stage}` first.", "",
         "```yaml", spec_yaml.rstrip(), "```"])
 
@@ -96,7 +98,7 @@ def show_stage(spec, row: dict, args: tuple, result) -> None:
         markdown=stage_markdown(row, refs, config, result, str(log) if log and log.exists() else None))
 
 
-def show_failure(spec, stage: str, error: BaseException) -> None:
+def show_failure(spec, stage: str, error: BaseException, pinned: dict[str, str]) -> None:
     """On failure: what failed, why, and the command that reproduces it, on the flow run."""
     import yaml
     from prefect.artifacts import create_markdown_artifact
@@ -105,7 +107,7 @@ def show_failure(spec, stage: str, error: BaseException) -> None:
 
     spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False)
     create_markdown_artifact(key=artifact_key(spec.name, "failure"), description=f"{stage} failed",
-                             markdown=failure_markdown(stage, error, spec_yaml, spec.store))
+                             markdown=failure_markdown(stage, error, spec_yaml, spec.store, pinned))
 
 
 def show_evaluation(name: str, metric: str, candidate: ArtifactRef, base: ArtifactRef,

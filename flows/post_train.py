@@ -118,6 +118,7 @@ def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str 
     from tasks.convert import convert_dataset
 
     sources = resolve_sources(run.open_store(), spec.data.model_dump(), dataset)
+    steps.pinned.update({split: source for split, (source, raw) in sources.items() if raw is not None})
     data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source), raw,
                              label=f"convert_dataset[{split}]")
             for split, (source, raw) in sources.items()}

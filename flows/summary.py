@@ -26,6 +26,7 @@ class Steps:
     spec: Any  # the PipelineSpec: its retry policy, and the failure card's reproduction recipe
     result_storage: Any = None  # where stage results and cache records go (storage/results.py)
     rows: list[dict] = field(default_factory=list)
+    pinned: dict[str, str] = field(default_factory=dict)  # store:// sources as resolved: {split: NAME@VERSION}
     _background: Any = None
 
     def __enter__(self) -> "Steps":
@@ -61,7 +62,7 @@ class Steps:
             state = task.with_options(**options)(*args, return_state=True)
             result = state.result()  # raises the stage's own error if it failed
         except Exception as exc:
-            self.later(dashboard.show_failure, self.spec, label, exc)
+            self.later(dashboard.show_failure, self.spec, label, exc, dict(self.pinned))
             raise
         row = self.row(task, label, state, result, time.monotonic() - started)
         self.rows.append(row)
