@@ -189,9 +189,14 @@ def dispatch(args) -> int:
     if args.command in ("artifacts", "storage"):
         from flows import store_commands
 
-        if getattr(args, "storage", None):
-            quiet_prefect()  # the credentials block is read through Prefect's API
-        return (store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage)(args)
+        command = store_commands.run_artifacts if args.command == "artifacts" else store_commands.run_storage
+        if not getattr(args, "storage", None):
+            return command(args)
+        quiet_prefect()  # the credentials block is read through Prefect's API
+        from flows.server import prefect_api
+
+        with prefect_api():
+            return command(args)
     if args.command in ("server", "deploy", "data"):
         from flows import service_commands
 

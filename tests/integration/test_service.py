@@ -160,6 +160,16 @@ def task_runs(client, run_ids: list) -> list:
     return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids))), limit=200)
 
 
+def wait_for_a_scan_after(client, moment) -> None:
+    """Until a watch-data run that started after `moment` has finished (sleeping instead could miss the scan
+    on a busy machine)."""
+    def scanned():
+        return any(r.start_time and r.start_time > moment and r.state.is_final()
+                   for r in runs_of(client, "watch-data/watch-data"))
+
+    wait_for(scanned, 300, "the next scan")
+
+
 def stage_status(client, run_id) -> dict[str, str]:
     """Each stage's card in the dashboard says whether it ran or came from the cache."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -207,7 +217,7 @@ def test_new_data_in_the_watched_prefix_is_registered_announced_once_and_trained
         assert run.state.is_completed(), run.state
         production = store.ref("svc/eval-candidate", "production")
         assert "svc/preference@1" in lineage_labels(store, production.name, production.version)
-        time.sleep(15 + 3 + 10)  # a whole scan interval more, with nothing new
+        wait_for_a_scan_after(client, run.end_time)  # a whole scan more, with nothing new
         assert store.versions("svc/preference") == [1]
         assert len(runs_of(client, "post-train/on-new-data")) == 1
         assert len(dataset_events(client)) == 1
@@ -221,8 +231,9 @@ def test_a_burst_of_files_becomes_one_version_and_one_run(service):
     with api(service) as client:
         runs = wait_for(lambda: [r for r in runs_of(client, "post-train/on-new-data")
                                  if r.parameters.get("dataset") == "svc/preference@2"], 300, "the second run")
-        assert wait_final(client, runs[0].id).state.is_completed()
-        time.sleep(15 + 3 + 10)
+        second = wait_final(client, runs[0].id)
+        assert second.state.is_completed()
+        wait_for_a_scan_after(client, second.end_time)
         assert store.versions("svc/preference") == [1, 2]
         assert len(runs_of(client, "post-train/on-new-data")) == 2
         assert len(dataset_events(client)) == 2

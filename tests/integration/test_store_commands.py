@@ -79,7 +79,8 @@ def test_missing_bucket_says_so(s3_server, tmp_path):
 def test_credentials_from_a_prefect_block_instead_of_the_environment(s3_server, tmp_path):
     prefect_home = tmp_path / "prefect"
     prefect_home.mkdir()
-    env = dict(os.environ, PREFECT_HOME=str(prefect_home))
+    # Prefect's own 20 s start-up limit for its temporary API is too short for a fresh home on two busy cores
+    env = dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
     save = ("import sys; from prefect_aws import AwsCredentials; "
             "from prefect_aws.client_parameters import AwsClientParameters; "
             "AwsCredentials(aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2], region_name='us-east-1', "
