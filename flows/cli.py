@@ -11,6 +11,8 @@
     alignflow deploy [SPEC] [--set ...]      apply prefect.yaml's deployments for a pipeline
     alignflow data add NAME SOURCE           register raw data as the next version of NAME
     alignflow data scan SPEC                 what the watch-data deployment does, once, here
+    alignflow data inspect SOURCE [--kind K] [--model M]    formats, counts, lengths and problems
+    alignflow data convert SOURCE... --kind K -o OUT.jsonl  the canonical rows the convert stage writes
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def add_service_parsers(sub) -> None:
                                                             "the process pool alignflow)")
     deploy.add_argument("--project-dir", help="where workers find this project (default: this checkout)")
 
-    data = sub.add_parser("data", help="register raw data versions; scan watched sources")
+    data = sub.add_parser("data", help="inspect and convert datasets; register raw data versions; scan watched "
+                                       "sources")
     data_verbs = data.add_subparsers(dest="data_command", required=True)
     add = data_verbs.add_parser("add", help="store a file, folder or s3:// prefix as the next version of NAME "
                                             "and announce it (alignflow.dataset.updated)")
@@ -93,6 +96,9 @@ def add_service_parsers(sub) -> None:
     add.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or .alignflow/store)")
     scan = data_verbs.add_parser("scan", help="scan a spec's watched sources once, as watch-data does")
     scan.add_argument("spec")
+    from flows.data_commands import add_parsers
+
+    add_parsers(data_verbs)
 
 
 def add_artifacts_parser(sub) -> None:
@@ -197,6 +203,10 @@ def dispatch(args) -> int:
 
         with prefect_api():
             return command(args)
+    if args.command == "data" and args.data_command in ("inspect", "convert"):
+        from flows import data_commands
+
+        return data_commands.cmd(args)
     if args.command in ("server", "deploy", "data"):
         from flows import service_commands
 

@@ -8,6 +8,7 @@ one's history across runs; every version also sits on the flow run that made it.
 from __future__ import annotations
 
 import json
+import shlex
 
 from storage import ArtifactRef
 
@@ -39,10 +40,12 @@ def _plain(value):
     return value
 
 
-def failure_markdown(stage: str, error: BaseException, spec_yaml: str, store: str, pinned: dict[str, str]) -> str:
+def failure_markdown(stage: str, error: BaseException, spec_yaml: str, store: str,
+                     pinned: dict[str, str | list]) -> str:
     """What failed, why, and the exact command that reruns it here: every stage before it is cached.
     `pinned`: the dataset versions this run's store:// sources resolved to (a later run may see newer)."""
-    sets = "".join(f" --set data.{split}={source}" for split, source in sorted(pinned.items()))
+    sets = "".join(" --set " + shlex.quote(f"data.{split}={value if isinstance(value, str) else json.dumps(value)}")
+                   for split, value in sorted(pinned.items()))
     return "\n".join([
         f"### {stage} failed", "", f"**{type(error).__name__}**", "", "```", str(error)[-4000:], "```", "",
         "Reproduce it locally: save the spec below as `spec.yaml`, then run", "",
@@ -98,7 +101,7 @@ def show_stage(spec, row: dict, args: tuple, result) -> None:
         markdown=stage_markdown(row, refs, config, result, str(log) if log and log.exists() else None))
 
 
-def show_failure(spec, stage: str, error: BaseException, pinned: dict[str, str]) -> None:
+def show_failure(spec, stage: str, error: BaseException, pinned: dict[str, str | list]) -> None:
     """On failure: what failed, why, and the command that reproduces it, on the flow run."""
     import yaml
     from prefect.artifacts import create_markdown_artifact

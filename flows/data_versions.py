@@ -9,15 +9,16 @@ derived from the store, the name and the version, so the Prefect server drops a 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
 from alignflow.errors import ConfigError, SourceError, StorageError
 from storage import ArtifactRef, ArtifactStore
+from tasks.convert import DataSource
+from tasks.sources import fetch as fetch_source
+from tasks.sources import fingerprint
+from tasks.sources import listing as source_listing
 
 EVENT = "alignflow.dataset.updated"
 RAW_KIND = "raw_data"
@@ -44,27 +45,27 @@ def parse_dataset_version(text: str) -> tuple[str, int]:
     return name, int(version)
 
 
-def resolve_sources(store: ArtifactStore, data: dict[str, str | None],
-                    dataset: str | None) -> dict[str, tuple[str, ArtifactRef | None]]:
-    """Each split's source, with `store://` sources pinned to one version: the triggering `dataset`'s when
+def resolve_sources(store: ArtifactStore, data: dict[str, list[DataSource]],
+                    dataset: str | None) -> dict[str, list[tuple[DataSource, ArtifactRef | None]]]:
+    """Each split's sources, with `store://` sources pinned to one version: the triggering `dataset`'s when
     the source names that dataset, else the one its selector (`@latest`, `@3`) picks now.
 
-    Returns {split: (source as recorded in lineage, the raw artifact or None)}."""
+    Returns {split: [(the source as recorded in lineage, the raw artifact or None), ...]}."""
+    return {split: [resolve_source(store, item, dataset, f"data.{split}") for item in items]
+            for split, items in data.items() if items}
+
+
+def resolve_source(store: ArtifactStore, item: DataSource, dataset: str | None,
+                   where: str) -> tuple[DataSource, ArtifactRef | None]:
+    parsed = parse_store_source(item.source)
+    if parsed is None:
+        return item, None
+    name, selector = parsed
     pinned = parse_dataset_version(dataset) if dataset else None
-    out = {}
-    for split, source in data.items():
-        if not source:
-            continue
-        parsed = parse_store_source(source)
-        if parsed is None:
-            out[split] = (source, None)
-            continue
-        name, selector = parsed
-        if pinned and pinned[0] == name:
-            selector = pinned[1]
-        ref = raw_version(store, name, selector, f"data.{split}")
-        out[split] = (f"{STORE_SCHEME}{name}@{ref.version}", ref)
-    return out
+    if pinned and pinned[0] == name and selector == "latest":  # an explicit version stays what it says
+        selector = pinned[1]
+    ref = raw_version(store, name, selector, where)
+    return item.model_copy(update={"source": f"{STORE_SCHEME}{name}@{ref.version}"}), ref
 
 
 def raw_version(store: ArtifactStore, name: str, selector: int | str, where: str) -> ArtifactRef:
@@ -81,58 +82,6 @@ def raw_version(store: ArtifactStore, name: str, selector: int | str, where: str
 
 
 # ---- reading a source ----------------------------------------------------------------------------
-
-def source_listing(source: str) -> dict[str, str]:
-    """What a source holds, by content: {relative path: S3 ETag or sha256}. Timestamps play no part."""
-    if source.startswith("s3://"):
-        return _s3_listing(source)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise SourceError(f"data source {source}: no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and
-                                                 not p.name.startswith("."))
-    root = path.parent if path.is_file() else path
-    from storage.store import sha256_file
-
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
-
-
-def _s3_listing(source: str) -> dict[str, str]:
-    from storage.s3 import make_client, split_uri
-
-    bucket, prefix = split_uri(source)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    client, out = make_client(), {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
-            if rel and not rel.endswith("/") and not rel.rsplit("/", 1)[-1].startswith("."):
-                out[rel] = obj["ETag"].strip('"')
-    return out
-
-
-def fingerprint(listing: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-
-
-def fetch_source(source: str, listing: dict[str, str], dest: Path) -> None:
-    """Copy the listed files of a source into `dest` (a fresh folder)."""
-    if source.startswith("s3://"):
-        from storage.s3 import make_client, split_uri
-
-        bucket, prefix = split_uri(source)
-        prefix = prefix.rstrip("/") + "/" if prefix else ""
-        client = make_client()
-        for rel in listing:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, prefix + rel, str(dest / rel))
-        return
-    path = Path(source).expanduser()
-    root = path.parent if path.is_file() else path
-    for rel in listing:
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / rel, dest / rel)
-
 
 # ---- registering and announcing ------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from tasks.quantize import quantize
 from tasks.reward import train_reward_model
 from tasks.sft import train_sft
 from tasks.stage import RunContext
+from tasks.tokens import tokenize, tokenizer_ref
 
 
 @flow(name="post-train", flow_run_name=flow_run_name, persist_result=False, validate_parameters=False)
@@ -52,7 +53,9 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     data = convert_all(steps, run, spec, dataset)
     model = base
     if stages.sft:
-        model = steps.run(train_sft, run, model, data["sft"], stages.sft)
+        tokens = steps.run(tokenize, run, tokenizer_ref(run.open_store(), model), data["sft"],
+                           stages.sft.tokenize_config(spec.data.on_bad_rows))
+        model = steps.run(train_sft, run, model, tokens, stages.sft)
     if stages.reward:
         steps.run(train_reward_model, run, model, data["preference"], stages.reward)
     if stages.dpo:
@@ -116,14 +119,27 @@ def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str 
     from flows.dashboard import label_run
     from flows.data_versions import resolve_sources
     from tasks.convert import convert_dataset
+    from tasks.sources import content_fingerprint
 
-    sources = resolve_sources(run.open_store(), spec.data.model_dump(), dataset)
-    steps.pinned.update({split: source for split, (source, raw) in sources.items() if raw is not None})
-    data = {split: steps.run(convert_dataset, run, split, source, source_fingerprint(source), raw,
-                             label=f"convert_dataset[{split}]")
-            for split, (source, raw) in sources.items()}
+    splits = spec.data.splits()
+    resolved = resolve_sources(run.open_store(), {split: items for split, (items, _) in splits.items()}, dataset)
+    steps.pinned.update({split: pinned_value(items) for split, items in resolved.items()
+                         if any(raw is not None for _, raw in items)})
+    data = {}
+    for split, items in resolved.items():
+        sources, raws = [item for item, _ in items], [raw for _, raw in items]
+        data[split] = steps.run(convert_dataset, run, split, sources,
+                                [content_fingerprint(s.source) for s in sources], raws, splits[split][1],
+                                label=f"convert_dataset[{split}]")
     steps.later(label_run, spec.name, stage_names(spec), {split: ref.label for split, ref in data.items()})
     return data
+
+
+def pinned_value(items: list) -> str | list:
+    """A split's sources as `--set data.SPLIT=...` takes them, with store:// versions pinned."""
+    dumped = [item.model_dump(exclude_defaults=True) for item, _ in items]
+    plain = [d["source"] if list(d) == ["source"] else d for d in dumped]
+    return plain[0] if len(plain) == 1 and isinstance(plain[0], str) else plain
 
 
 def stage_names(spec: PipelineSpec) -> list[str]:

@@ -17,12 +17,13 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError
 
 from alignflow.errors import ConfigError
 from tasks.config import StageConfig, valid_range
+from tasks.convert import ConvertRules, DataSource
 from tasks.deploy import DeployStage
 from tasks.dpo import DPOStage
 from tasks.evaluate import EvaluateStage
@@ -49,13 +50,41 @@ class Stages(StageConfig):
     deploy: Optional[DeployStage] = Field(None, description="serve the result behind vLLM")
 
 
-class DataSpec(StageConfig):
-    """Where each split comes from: a local file or folder, `builtin://reverse/<split>`, or a registered
-    dataset version `store://NAME@VERSION` (`@latest` for the newest; see `alignflow data add`)."""
+Sources = Union[str, DataSource, list[Union[str, DataSource]]]
+SPLITS = ("sft", "preference", "eval")
 
-    sft: Optional[str] = Field(None, description="chat rows (messages, ShareGPT, Alpaca, query/response, ...)")
-    preference: Optional[str] = Field(None, description="prompt/chosen/rejected rows")
-    eval: Optional[str] = Field(None, description="question/answer rows")
+
+class DataSpec(StageConfig):
+    """Where each split comes from: one source or a list of them. A source is a path or URI (a file or folder,
+    s3://, hf://datasets/, modelscope://datasets/, builtin://reverse/SPLIT, or a registered dataset version
+    store://NAME@VERSION), or a mapping with `source` plus `format`, `columns` and `max_rows`. docs/DATA.md
+    lists the formats."""
+
+    sft: Optional[Sources] = Field(None, description="chat rows: messages, ShareGPT, Alpaca, query/response, "
+                                                     "prompt/completion, question/answer")
+    preference: Optional[Sources] = Field(None, description="preference pairs: prompt/chosen/rejected, ms-swift "
+                                                            "rejected_response, HH-RLHF, UltraFeedback")
+    eval: Optional[Sources] = Field(None, description="question/answer or multiple-choice (CEval/CMMLU) rows")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="without data.eval: this fraction of the SFT "
+                                                                   "rows becomes the eval split (seeded, by content)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the eval carve-out")
+    on_bad_rows: Literal["fail", "skip"] = Field(
+        "fail", description="fail: stop before training, listing every bad row as file:line: reason; skip: leave "
+                            "them out, kept with their reasons in the dataset's quarantine.jsonl")
+
+    def sources(self, split: str) -> list[DataSource]:
+        value = getattr(self, split)
+        items = value if isinstance(value, list) else [value] if value is not None else []
+        return [DataSource(source=i) if isinstance(i, str) else i for i in items]
+
+    def splits(self) -> dict[str, tuple[list[DataSource], ConvertRules]]:
+        """Each split's sources and conversion rules; an eval split carved out of the SFT rows when asked."""
+        rules = ConvertRules(on_bad_rows=self.on_bad_rows, eval_fraction=self.eval_fraction, seed=self.seed)
+        out = {split: (self.sources(split), rules) for split in SPLITS if self.sources(split)}
+        if self.eval is None and self.eval_fraction > 0 and "sft" in out:
+            out["sft"] = (out["sft"][0], rules.model_copy(update={"holdout": "train"}))
+            out["eval"] = (out["sft"][0], rules.model_copy(update={"holdout": "eval"}))
+        return out
 
 
 class RetrySpec(StageConfig):
@@ -129,7 +158,7 @@ def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = N
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; pass the path of a pipeline spec (see deployments/demo.yaml)",
                           "command line") from None
@@ -154,9 +183,20 @@ def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = N
     return parse_spec(raw, source=str(path))
 
 
+def read_yaml(text: str):
+    """YAML as users write it: `1e-4` is a number (YAML 1.1, and so PyYAML, would read it as a string)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+
+
 def apply_override(raw: dict, item: str) -> None:
     """`apply_override(d, "stages.dpo.beta=0.2")` sets d["stages"]["dpo"]["beta"] = 0.2 (YAML-typed)."""
-    import yaml
 
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -169,7 +209,7 @@ def apply_override(raw: dict, item: str) -> None:
             node = {}
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a mapping", "command line")
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = read_yaml(value)
 
 
 def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
@@ -193,9 +233,12 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
     """Rules that span fields: a stage needs its data split, a gate needs an evaluation, ..."""
     problems = []
     needs = {"sft": "sft", "reward": "preference", "dpo": "preference", "evaluate": "eval"}
+    splits = spec.data.splits()
     for stage, split in needs.items():
-        if getattr(spec.stages, stage) is not None and getattr(spec.data, split) is None:
-            problems.append(f"stages.{stage}: needs data.{split}, which is not set")
+        if getattr(spec.stages, stage) is not None and split not in splits:
+            hint = " (or data.eval_fraction with data.sft)" if split == "eval" else ""
+            problems.append(f"stages.{stage}: needs data.{split}{hint}, which is not set")
+    problems += format_problems(spec.data)
     if spec.storage and not spec.store.startswith("s3://"):
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
     if spec.stages.gate and not spec.stages.evaluate:
@@ -203,6 +246,24 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
     for name in spec.service.watch.sources:
         if not re.match(DATASET_PATTERN, name):
             problems.append(f"service.watch.sources.{name}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
+    return problems
+
+
+def format_problems(data: DataSpec) -> list[str]:
+    """A named `format:` must be one of the split's formats."""
+    from tasks import formats
+
+    problems = []
+    for split in SPLITS:
+        value = getattr(data, split)
+        for i, item in enumerate(data.sources(split)):
+            kind = "sft" if split == "eval" and data.eval is None else split
+            if item.format != "auto" and item.format not in formats.names(kind):
+                where = f"data.{split}" + (f"[{i}]" if isinstance(value, list) else "")
+                close = difflib.get_close_matches(item.format, formats.names(kind), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"{where}.format: {item.format!r} is not a {kind} format (auto, "
+                                f"{', '.join(formats.names(kind))}){hint}")
     return problems
 
 

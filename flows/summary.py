@@ -11,7 +11,7 @@ from storage import ArtifactRef
 from tasks.config import StageConfig
 
 KEY_METRICS = {  # the one number each stage is judged by in the summary
-    "convert_dataset": "rows", "train_sft": "train_loss", "train_reward_model": "pairwise_accuracy",
+    "convert_dataset": "rows", "tokenize": "rows", "train_sft": "train_loss", "train_reward_model": "pairwise_accuracy",
     "train_dpo": "rewards_accuracies", "merge": "max_logit_diff", "quantize": "weights_mb",
     "evaluate": "score", "deploy": "endpoint",
 }

@@ -1,178 +1,290 @@
-"""Stage `convert_dataset`: raw rows in, one canonical JSONL per split out, with row counts.
+"""Stage `convert_dataset`: raw rows from one or more sources in, one canonical JSONL per split out.
 
-Canonical forms (what the trainers read):
-    sft         {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
-    preference  {"prompt": [user message(s)], "chosen": [assistant message], "rejected": [assistant message]}
-    eval        {"question": "...", "answer": "..."}
+Per file, the format is detected from the first row (tasks/formats.py lists them) unless the source names
+one; `columns` renames fields first. Every row is checked. With `on_bad_rows: fail` (the default) a dataset
+with bad rows stops the run before any training and lists them as `file:line: reason`; with `skip` they are
+left out, written with their reasons to `quarantine.jsonl` in the dataset artifact, and counted. Exact
+duplicates are removed and counted. An eval split may be carved out of the SFT rows: each row's side is
+decided by a seeded hash of its content, so the split is the same on every run and machine.
 
-Accepted inputs: those forms, plus common neighbours (ShareGPT `conversations`, Alpaca
-`instruction/input/output`, `query/response`, `prompt/completion`, string-valued `prompt/chosen/rejected`).
+Output artifact: data.jsonl, report.json (counts per source, formats, shape statistics), and
+quarantine.jsonl when rows were skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Literal, Optional
 
-from alignflow.errors import DataError, SourceError
+from pydantic import Field
+
+from alignflow.errors import ConfigError, DataError
 from storage import ArtifactRef
+from tasks import formats
+from tasks.config import StageConfig
+from tasks.formats import RowError, SkipRow
+from tasks.readers import Record, records
 from tasks.stage import RunContext, publish, stage
 
-ROLES = {"system", "user", "assistant", "tool"}
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system"}
+MAX_LISTED = 20  # problems listed in an error; the total is always given
 
 
-class RowError(ValueError):
-    """Why one row cannot be converted; becomes a DataError with its file and line."""
+class DataSource(StageConfig):
+    """One source of a split's rows."""
+
+    source: str = Field(description="a file or folder, s3://bucket/prefix, hf://datasets/OWNER/NAME[:CONFIG][@SPLIT], "
+                                    "modelscope://datasets/OWNER/NAME, builtin://reverse/SPLIT or store://NAME@VERSION")
+    format: str = Field("auto", description="row format; auto detects it per file (see docs/DATA.md for the names)")
+    columns: dict[str, str] = Field(default_factory=dict, description="renames the file's fields first: "
+                                                                      "{their_field: our_field}")
+    max_rows: Optional[int] = Field(None, ge=1, le=10**9, description="read at most this many rows of this source")
 
 
-def _messages(value, where: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise RowError(f"'{where}' must be a non-empty list of {{role, content}} messages")
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise RowError(f"'{where}[{i}]' must be {{role: one of {sorted(ROLES)}, content: string}}, got {m!r}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+class ConvertRules(StageConfig):
+    """How a split's rows are checked and divided."""
+
+    on_bad_rows: Literal["fail", "skip"] = "fail"
+    holdout: Literal["none", "train", "eval"] = "none"  # which side of a carved eval split this split keeps
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
 
 
-def to_sft(row: dict) -> dict:
-    """>>> to_sft({"query": "hi", "response": "hello"})
-    {'messages': [{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'hello'}]}"""
-    if "messages" in row:
-        messages = _messages(row["messages"], "messages")
-    elif "conversations" in row:
-        turns = row["conversations"]
-        if not isinstance(turns, list):
-            raise RowError("'conversations' must be a list of {from, value} turns")
-        messages = _messages([{"role": SHAREGPT_ROLES.get(t.get("from")), "content": t.get("value")}
-                              for t in turns if isinstance(t, dict)], "conversations")
-    else:
-        prompt, answer = _prompt_answer(row)
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-    if messages[-1]["role"] != "assistant":
-        raise RowError("the last message must be the assistant's: there is nothing to learn otherwise")
-    return {"messages": messages}
+@dataclass
+class SourceReport:
+    source: str
+    formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
+    read: int = 0
+    rows: int = 0
+    bad: int = 0
+    duplicates: int = 0
+    skipped: int = 0  # valid rows without a preference (UltraFeedback ties)
+    held_out: int = 0  # rows on the other side of a carved eval split
 
 
-def _prompt_answer(row: dict) -> tuple[str, str]:
-    for prompt_key, answer_key in (("question", "answer"), ("query", "response"), ("prompt", "completion"),
-                                   ("instruction", "output")):
-        if prompt_key in row and answer_key in row:
-            prompt = row[prompt_key]
-            if prompt_key == "instruction" and row.get("input"):
-                prompt = f"{prompt}\n\n{row['input']}"
-            if not isinstance(prompt, str) or not isinstance(row[answer_key], str):
-                raise RowError(f"'{prompt_key}' and '{answer_key}' must be strings")
-            return prompt, row[answer_key]
-    raise RowError(f"no known fields; expected 'messages', 'conversations', question/answer, query/response, "
-                   f"prompt/completion or instruction/output; found {sorted(row)}")
+@dataclass
+class Report:
+    kind: str
+    sources: list[SourceReport] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def total(self, key: str) -> int:
+        return sum(getattr(s, key) for s in self.sources)
+
+    def as_dict(self) -> dict:
+        counts = {k: self.total(k) for k in ("read", "rows", "bad", "duplicates", "skipped", "held_out")}
+        return {"kind": self.kind, **counts, "sources": [vars(s) for s in self.sources], "stats": self.stats,
+                "problems": self.problems[:MAX_LISTED]}
 
 
-def to_preference(row: dict) -> dict:
-    """>>> to_preference({"prompt": "2+2?", "chosen": "4", "rejected": "5"})["chosen"]
-    [{'role': 'assistant', 'content': '4'}]"""
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-    if missing:
-        raise RowError(f"missing {', '.join(missing)}; preference rows need prompt, chosen and rejected")
-
-    def as_messages(value, key: str, role: str) -> list[dict]:
-        return [{"role": role, "content": value}] if isinstance(value, str) else _messages(value, key)
-
-    out = {"prompt": as_messages(row["prompt"], "prompt", "user"),
-           "chosen": as_messages(row["chosen"], "chosen", "assistant"),
-           "rejected": as_messages(row["rejected"], "rejected", "assistant")}
-    if out["chosen"] == out["rejected"]:
-        raise RowError("chosen and rejected are identical: the pair teaches nothing")
-    return out
-
-
-def to_eval(row: dict) -> dict:
-    """>>> to_eval({"query": "reverse: a b", "response": "b a"})
-    {'question': 'reverse: a b', 'answer': 'b a'}"""
-    if "messages" in row:
-        messages = to_sft(row)["messages"]
-        return {"question": messages[-2]["content"] if len(messages) > 1 else "", "answer": messages[-1]["content"]}
-    question, answer = _prompt_answer(row)
-    return {"question": question, "answer": answer}
+def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules,
+            out: Path) -> Report:
+    """Convert every source's files into `out/data.jsonl` (and `out/quarantine.jsonl`); raise DataError
+    listing every bad row when they are not to be skipped. `sources`: each with its local files."""
+    out.mkdir(parents=True, exist_ok=True)
+    report, seen, shape = Report(kind), set(), Shape(kind)
+    with open(out / "data.jsonl", "w", encoding="utf-8") as data, Quarantine(out / "quarantine.jsonl") as bad:
+        for spec, files in sources:
+            src = SourceReport(spec.source)
+            report.sources.append(src)
+            for record, fmt in _read(kind, spec, files, rules, src):
+                line = _one(kind, record, fmt, spec, rules, src, report, bad)
+                if line is not None and _first(line, seen, src):
+                    data.write(line + "\n")
+                    shape.add(json.loads(line))
+                    src.rows += 1
+    report.stats = shape.summary()
+    _check(kind, report, rules, out)
+    return report
 
 
-CONVERTERS: dict[str, Callable[[dict], dict]] = {"sft": to_sft, "preference": to_preference, "eval": to_eval}
+def convert_sources(kind: str, sources: list[DataSource], rules: ConvertRules, out: Path, scratch: Path,
+                    registered: list[Path | None] | None = None) -> Report:
+    """Bring each source's files here (`scratch` holds downloads; `registered`: local copies of store://
+    versions) and convert them into `out`, as `convert` does."""
+    from tasks.sources import local_files
+
+    registered = registered or [None] * len(sources)
+    return convert(kind, [(spec, local_files(spec.source, scratch, path)) for spec, path in zip(sources, registered)],
+                   rules, out)
 
 
-def read_rows(path: Path) -> Iterator[tuple[str, int, dict]]:
-    """Yield (file, line, row) from a .jsonl/.json file or every such file in a folder."""
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"dataset {path}: no .jsonl or .json files in the folder")
-    for file in files:
-        if file.suffix == ".json":
-            try:
-                rows = json.loads(file.read_text())
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-            if not isinstance(rows, list):
-                raise DataError(f"{file}: a .json dataset must hold a list of rows")
-            yield from ((str(file), i + 1, row) for i, row in enumerate(rows))
-            continue
-        with open(file, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield str(file), number, json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{file}:{number}: not valid JSON: {exc.msg}") from None
+def _read(kind: str, spec: DataSource, files, rules: ConvertRules, src: SourceReport):
+    """(record, format name) for each row of the source's files, up to max_rows."""
+    detect_kind = "sft" if rules.holdout != "none" else kind  # a carved eval split reads SFT rows
+    for path, shown in files:
+        fmt = None if spec.format == "auto" else _named_format(detect_kind, spec.format, spec.source)
+        if fmt:
+            src.formats[shown] = fmt
+        for record in records(path, shown):
+            if spec.max_rows and src.read >= spec.max_rows:
+                return
+            src.read += 1
+            if fmt is None and record.row is not None:
+                fmt = _detect(detect_kind, formats.rename(record.row, spec.columns), shown)
+                src.formats[shown] = fmt
+            yield record, fmt
 
 
-def convert_rows(split: str, rows: Iterator[tuple[str, int, dict]]) -> list[dict]:
-    converter, out = CONVERTERS[split], []
-    for file, line, row in rows:
-        if not isinstance(row, dict):
-            raise DataError(f"{file}:{line}: expected a JSON object, got {type(row).__name__}")
-        try:
-            out.append(converter(row))
-        except RowError as exc:
-            raise DataError(f"{file}:{line}: {split} row rejected: {exc}") from None
-    if not out:
-        raise DataError(f"{split} dataset is empty: nothing to train or evaluate on")
-    return out
+def _named_format(kind: str, name: str, source: str) -> str:
+    try:
+        return formats.find(kind, name).name
+    except KeyError as exc:
+        raise ConfigError(f"data source {source}: {exc.args[0]}", "spec") from None
 
 
-def load_source(split: str, source: str, registered: Path | None = None) -> list[dict]:
-    """Rows of one split from `source`; `registered` is the local copy of a `store://` dataset version."""
-    if registered is not None:
-        return convert_rows(split, read_rows(registered))
-    if source.startswith("builtin://"):
-        from tasks.builtin import reverse_task
-
-        task, _, part = source.removeprefix("builtin://").partition("/")
-        if task != "reverse" or part not in CONVERTERS:
-            raise SourceError(f"dataset {source!r}: no such built-in dataset; use builtin://reverse/sft, "
-                              "builtin://reverse/preference or builtin://reverse/eval")
-        return convert_rows(split, ((source, i + 1, r) for i, r in enumerate(reverse_task.splits()[part])))
-    if "://" in source:
-        raise SourceError(f"dataset {source!r}: unsupported scheme; pass a local .jsonl/.json file or folder, or "
-                          "register the data with `alignflow data add NAME SOURCE` and name it store://NAME@latest")
-    path = Path(source)
-    if not path.exists():
-        raise SourceError(f"dataset {source!r}: no such file or folder")
-    return convert_rows(split, read_rows(path))
+def _detect(kind: str, row: dict, shown: str) -> str:
+    fmt = formats.detect(kind, row)
+    if fmt is None:
+        raise DataError(f"{shown}: rows with fields {sorted(row)} are not a known {kind} format. Known: "
+                        f"{formats.expected_fields(kind)}. Name the format (`format:`) or map your fields "
+                        f"(`columns: {{their_field: our_field}}`)")
+    return fmt.name
 
 
-@stage("convert_dataset")
-def convert_dataset(run: RunContext, split: str, source: str, fingerprint: str = "",
-                    raw: ArtifactRef | None = None) -> ArtifactRef:
-    """`raw`: the registered dataset version a `store://` source resolved to (it keys the cache by digest
-    and becomes the output's lineage input)."""
-    rows = load_source(split, source, run.open_store().get_dir(raw) if raw else None)
-    out = run.workdir() / split
-    out.mkdir(exist_ok=True)
-    with open(out / "data.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    metrics = {"rows": len(rows)}
-    return publish(run, f"data-{split}", "dataset", out, stage="convert_dataset",
-                   config={"split": split, "source": source}, inputs={"raw": raw} if raw else {},
-                   metadata={"split": split},
-                   metrics=metrics)
+def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: ConvertRules, src: SourceReport,
+         report: Report, bad: Quarantine) -> str | None:
+    """The canonical JSON line of one record, or None (a bad, skipped or held-out row)."""
+    try:
+        if record.error:
+            raise RowError(record.error)
+        row = formats.convert("sft" if rules.holdout != "none" else kind, fmt, formats.rename(record.row,
+                                                                                             spec.columns))
+    except SkipRow:
+        src.skipped += 1
+        return None
+    except (RowError, TypeError, AttributeError, ValueError) as exc:
+        src.bad += 1
+        reason = str(exc) if isinstance(exc, RowError) else f"unexpected value ({type(exc).__name__}: {exc})"
+        report.problems.append(f"{record.file}:{record.line}: {reason}")
+        bad.add(record, reason)
+        return None
+    line = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    if rules.holdout != "none":
+        side = "eval" if in_eval(line, rules.eval_fraction, rules.seed) else "train"
+        if side != rules.holdout:
+            src.held_out += 1
+            return None
+        if kind == "eval":
+            line = json.dumps(formats.eval_qa(row), ensure_ascii=False, sort_keys=True)
+    return line
+
+
+def in_eval(line: str, fraction: float, seed: int) -> bool:
+    """A row's side of a carved eval split: a seeded hash of its content, the same on every machine."""
+    digest = hashlib.sha256(f"{seed}\n{line}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _first(line: str, seen: set, src: SourceReport) -> bool:
+    """False for an exact duplicate of an earlier row (any source of the split)."""
+    key = hashlib.blake2b(line.encode(), digest_size=16).digest()
+    if key in seen:
+        src.duplicates += 1
+        return False
+    seen.add(key)
+    return True
+
+
+def _check(kind: str, report: Report, rules: ConvertRules, out: Path) -> None:
+    bad = report.total("bad")
+    if bad and rules.on_bad_rows == "fail":
+        (out / "data.jsonl").unlink(missing_ok=True)
+        (out / "quarantine.jsonl").unlink(missing_ok=True)
+        listed = "\n".join(f"  {p}" for p in report.problems[:MAX_LISTED])
+        more = f"\n  ... and {bad - MAX_LISTED} more" if bad > MAX_LISTED else ""
+        raise DataError(f"{kind} data has {bad} bad row{'s' * (bad != 1)} of {report.total('read')}:\n{listed}{more}\n"
+                        "Fix them, or leave them out with on_bad_rows: skip (data.on_bad_rows in a spec, "
+                        "--on-bad-rows on the command line); they are kept, with their reasons, in quarantine.jsonl")
+    if not report.total("rows"):
+        raise DataError(f"{kind} data is empty after conversion ({report.total('read')} rows read, {bad} bad, "
+                        f"{report.total('skipped')} without a preference, {report.total('held_out')} held out): "
+                        "nothing to train or evaluate on")
+
+
+class Quarantine:
+    """Bad rows with their reasons, written only when there is one."""
+
+    def __init__(self, path: Path):
+        self.path, self.file = path, None
+
+    def __enter__(self) -> Quarantine:
+        self.path.unlink(missing_ok=True)
+        return self
+
+    def add(self, record: Record, reason: str) -> None:
+        if self.file is None:
+            self.file = open(self.path, "w", encoding="utf-8")
+        self.file.write(json.dumps({"file": record.file, "line": record.line, "reason": reason, "row": record.row},
+                                   ensure_ascii=False, default=str) + "\n")
+
+    def __exit__(self, *exc) -> None:
+        if self.file:
+            self.file.close()
+
+
+class Shape:
+    """What the rows look like: roles, turns, and lengths in characters (tokens: `data inspect --model`)."""
+
+    def __init__(self, kind: str):
+        self.kind, self.roles, self.turns, self.chars = kind, {}, [], []
+
+    def add(self, row: dict) -> None:
+        msgs = row.get("messages") or (row.get("prompt", []) + row.get("chosen", []))
+        for m in msgs:
+            self.roles[m["role"]] = self.roles.get(m["role"], 0) + 1
+        if msgs:
+            self.turns.append(sum(m["role"] == "assistant" for m in msgs))
+        self.chars.append(len(json.dumps(row, ensure_ascii=False)))
+
+    def summary(self) -> dict:
+        out = {"chars": percentiles(self.chars)}
+        if self.turns:
+            out.update(roles=dict(sorted(self.roles.items())), assistant_turns=percentiles(self.turns))
+        return out
+
+
+def percentiles(values: list[int | float]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+
+@stage("convert_dataset", uses=("tasks.formats", "tasks.readers", "tasks.sources"))
+def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fingerprints: list[str],
+                    raws: list[Optional[ArtifactRef]], rules: ConvertRules) -> ArtifactRef:
+    """`fingerprints`: each source's content identity (keys the cache for sources outside the store);
+    `raws`: the registered dataset version each `store://` source resolved to (None for the others)."""
+    from prefect import get_run_logger
+
+
+    workdir, store = run.workdir(), run.open_store()
+    report = convert_sources(split, sources, rules, workdir / split, workdir / "sources",
+                             [store.get_dir(raw) if raw else None for raw in raws])
+    (workdir / split / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    counts = report.as_dict()
+    get_run_logger().info("convert_dataset[%s]: %s", split, describe(counts))
+    inputs = {f"raw{i}" if len(raws) > 1 else "raw": raw for i, raw in enumerate(raws) if raw is not None}
+    metrics = {k: counts[k] for k in ("rows", "bad", "duplicates", "skipped", "held_out")}
+    return publish(run, f"data-{split}", "dataset", workdir / split, stage="convert_dataset",
+                   config={"split": split, "sources": [s.model_dump() for s in sources], "rules": rules.model_dump()},
+                   inputs=inputs, metadata={"split": split}, metrics=metrics)
+
+
+def describe(counts: dict) -> str:
+    """'2980 rows (3000 read; 12 bad rows quarantined, 8 duplicates removed)'"""
+    notes = [f"{counts['bad']} bad rows quarantined" if counts["bad"] else "",
+             f"{counts['duplicates']} duplicates removed" if counts["duplicates"] else "",
+             f"{counts['skipped']} ties skipped" if counts["skipped"] else "",
+             f"{counts['held_out']} held out for the other split" if counts["held_out"] else ""]
+    notes = [n for n in notes if n]
+    return f"{counts['rows']} rows ({counts['read']} read" + ("; " + ", ".join(notes) if notes else "") + ")"
+
+

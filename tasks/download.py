@@ -94,25 +94,32 @@ class Hub:
     not_cached: type[Exception]
     not_found: type[Exception]
     fetch_command: str  # how to fill the cache on a machine with network access
+    what: str = "model"  # or "dataset"
 
 
-def modelscope_hub() -> Hub:
+def modelscope_hub(what: str = "model") -> Hub:
+    import functools
+
     from modelscope import snapshot_download
     from modelscope.hub.errors import CacheNotFound, NotExistError
     from modelscope.utils.file_utils import get_modelscope_cache_dir
 
+    snapshot = functools.partial(snapshot_download, repo_type=what)
     return Hub("modelscope", "ModelScope", f"{get_modelscope_cache_dir()}, set by MODELSCOPE_CACHE",
-               os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn"), False, snapshot_download, CacheNotFound,
-               NotExistError, "modelscope download --model {repo}")
+               os.environ.get("MODELSCOPE_DOMAIN", "www.modelscope.cn"), False, snapshot, CacheNotFound,
+               NotExistError, f"modelscope download --{what} {{repo}}", what)
 
 
-def huggingface_hub() -> Hub:
+def huggingface_hub(what: str = "model") -> Hub:
+    import functools
+
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
+    snapshot = functools.partial(snapshot_download, repo_type=what)
     return Hub("hf", "Hugging Face", f"{constants.HF_HUB_CACHE}, set by HF_HOME or HF_HUB_CACHE", constants.ENDPOINT,
-               bool(constants.HF_HUB_OFFLINE), snapshot_download, LocalEntryNotFoundError, RepositoryNotFoundError,
-               "hf download {repo}")
+               bool(constants.HF_HUB_OFFLINE), snapshot, LocalEntryNotFoundError, RepositoryNotFoundError,
+               "hf download " + ("--repo-type dataset " if what == "dataset" else "") + "{repo}", what)
 
 
 def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
@@ -121,7 +128,7 @@ def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
         return Path(hub.snapshot(repo, revision=revision, local_files_only=True))
     except hub.not_cached as exc:
         cached_error = exc
-    source = f"model {hub.scheme}://{repo}"
+    source = f"{hub.what} {hub.scheme}://{'datasets/' if hub.what == 'dataset' else ''}{repo}"
     if hub.offline or not _reachable(hub.endpoint):
         raise SourceError(
             f"{source}: not in the {hub.title} cache ({hub.cache}) and {hub.endpoint} cannot be reached. Fix: run "
@@ -130,6 +137,6 @@ def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
     try:
         return Path(hub.snapshot(repo, revision=revision))
     except hub.not_found as exc:
-        raise SourceError(f"{source}: no such model on {hub.endpoint}") from exc
+        raise SourceError(f"{source}: no such {hub.what} on {hub.endpoint}") from exc
     except OSError as exc:
         raise TransientError(f"{source}: download failed: {exc}") from exc

@@ -1,7 +1,7 @@
 """Stage `train_sft`: supervised fine-tuning with TRL's SFTTrainer (LoRA, QLoRA or full weights).
 
-Loss is on the assistant's tokens only when the chat template marks them (`{% generation %}`), as the
-built-in model's does; otherwise on every token, and the log says so.
+It trains on the `tokenize` stage's output (tasks/tokens.py): token ids with the loss on the assistant's
+tokens (`loss_on`), for any chat template.
 Output: an `adapter` artifact (LoRA/QLoRA, recording its base) or a `model` artifact (full).
 """
 
@@ -15,6 +15,7 @@ from storage import ArtifactRef
 from tasks import trainer
 from tasks.models import base_record
 from tasks.stage import RunContext, publish, stage
+from tasks.tokens import LossOn, TokenizeConfig
 from tasks.trainer import LoraSpec, TrainingStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
@@ -27,11 +28,17 @@ class SFTStage(TrainingStage):
         "lora", description="lora: a new adapter; qlora: an adapter on a 4-bit NF4 base (bitsandbytes); "
                             "full: every weight")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora or qlora)")
+    loss_on: LossOn = Field("assistant", description="tokens that carry loss: assistant (every assistant turn), "
+                                                     "last_assistant, or all (prompts too)")
+
+    def tokenize_config(self, on_bad_rows: str) -> TokenizeConfig:
+        return TokenizeConfig(loss_on=self.loss_on, max_length=self.max_length, on_bad_rows=on_bad_rows)
 
 
 @stage("train_sft", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"), accelerator=True)
 def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
-    metrics, out = trainer.run_trainer(run, "train_sft", "sft", model, data, config)
+    """`data`: the `tokenize` stage's output for this model's tokenizer."""
+    metrics, out = trainer.run_trainer(run, "train_sft", "sft", model, data, config, "tokens.parquet")
     adapter = config.tuner != "full"
     return publish(run, "sft", "adapter" if adapter else "model", out, stage="train_sft", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
@@ -55,11 +62,8 @@ def run_training(job: dict) -> dict:
     config = SFTStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
-    masked = "{% generation %}" in (tokenizer.chat_template or "")
-    if not masked:
-        print("chat template has no {% generation %} markers: training on all tokens", flush=True)
-    args = trainer.trl_args(SFTConfig, job, assistant_only_loss=masked)
-    dataset = load_dataset("json", data_files=job["data"], split="train")
+    args = trainer.trl_args(SFTConfig, job)  # labels come with the data: -100 where there is no loss
+    dataset = load_dataset("parquet", data_files=job["data"], split="train")
     peft = lora_config(config.lora, "CAUSAL_LM") if config.tuner != "full" else None
     sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
     metrics = trainer.train(sft, job)

@@ -83,6 +83,8 @@ def canonical(value: Any) -> Any:
     """Reduce a stage input to what determines its result: artifacts by digest, configs by value."""
     if isinstance(value, ArtifactRef):
         return {"artifact": value.digest}
+    if hasattr(value, "cache_identity"):  # e.g. a tokenizer, keyed by its files rather than its model
+        return canonical(value.cache_identity())
     if isinstance(value, RunContext):
         return {"pipeline": value.name}  # the output's name; the locations do not change the result
     if isinstance(value, BaseModel):

@@ -139,7 +139,7 @@ def describe_progress(p: dict, started: float) -> str:
     return " ".join(parts)
 
 
-def run_trainer(run, stage: str, module: str, model, data, config) -> tuple[dict, Path]:
+def run_trainer(run, stage: str, module: str, model, data, config, data_file: str = "data.jsonl") -> tuple[dict, Path]:
     """The parent side every trainer stage shares: materialize the model chain and the data, run
     `tasks.<module>.run_training` in a child process, return (metrics, output folder)."""
     from prefect import get_run_logger
@@ -148,7 +148,7 @@ def run_trainer(run, stage: str, module: str, model, data, config) -> tuple[dict
 
     store, workdir = run.open_store(), run.workdir()
     job = {"config": config.model_dump(), "model_chain": [str(p) for p in model_chain(store, model)],
-           "data": str(store.get_dir(data) / "data.jsonl"), "output": str(workdir / "output")}
+           "data": str(store.get_dir(data) / data_file), "output": str(workdir / "output")}
     metrics = launch(stage, module, job, workdir, get_run_logger(), run.log_file(stage),
                      report.artifact_key(run.name, stage))
     return metrics, workdir / "output"

@@ -9,8 +9,10 @@ import pytest
 
 from alignflow.errors import SourceError
 from flows.data_versions import fingerprint, register, resolve_sources, source_listing
+from flows.spec import SPLITS, DataSpec
 from flows.watch_data import settled_listing
 from storage import open_store
+from tasks.convert import DataSource
 
 
 @pytest.fixture
@@ -35,17 +37,20 @@ def test_store_sources_resolve_to_one_version_and_a_trigger_pins_its_own(store, 
     for i in range(3):
         (tmp_path / f"v{i}.jsonl").write_text(f'{{"q": {i}}}\n')
         register(store, "demo/extra", str(tmp_path / f"v{i}.jsonl"))
-    data = {"sft": "store://demo/extra@latest", "eval": "builtin://reverse/eval", "preference": None}
-    resolved = resolve_sources(store, data, None)
-    assert resolved["sft"][0] == "store://demo/extra@3" and resolved["sft"][1].version == 3
-    assert resolved["eval"] == ("builtin://reverse/eval", None) and "preference" not in resolved
-    pinned = resolve_sources(store, data, "demo/extra@2")  # the version whose arrival started the run
-    assert pinned["sft"][0] == "store://demo/extra@2"
+    data = DataSpec(sft=["store://demo/extra@latest", {"source": "store://demo/extra@1", "max_rows": 5}],
+                    eval="builtin://reverse/eval")
+    resolved = resolve_sources(store, {split: data.sources(split) for split in SPLITS}, None)
+    (latest, latest_ref), (first, first_ref) = resolved["sft"]
+    assert latest.source == "store://demo/extra@3" and latest_ref.version == 3
+    assert (first.source, first.max_rows, first_ref.version) == ("store://demo/extra@1", 5, 1)
+    assert resolved["eval"] == [(DataSource(source="builtin://reverse/eval"), None)] and "preference" not in resolved
+    pinned = resolve_sources(store, {"sft": data.sources("sft")}, "demo/extra@2")  # the version that started it
+    assert [item.source for item, _ in pinned["sft"]] == ["store://demo/extra@2", "store://demo/extra@1"]
 
 
 def test_a_dataset_with_no_versions_says_how_to_register_one(store):
     with pytest.raises(SourceError, match="alignflow data add demo/none"):
-        resolve_sources(store, {"sft": "store://demo/none@latest"}, None)
+        resolve_sources(store, {"sft": [DataSource(source="store://demo/none@latest")]}, None)
 
 
 def test_a_listing_is_by_content_not_by_timestamp(tmp_path):

@@ -101,3 +101,28 @@ def test_spec_survives_the_round_trip_through_flow_parameters():
     spec = load_spec("deployments/demo.yaml", skip=["reward"])
     assert spec.stages.reward is None
     assert parse_spec(spec.to_dict()) == spec
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    (tmp_path / "s.yaml").write_text("name: x\nmodel: builtin://tiny-qwen2\ndata: {sft: builtin://reverse/sft}\n"
+                                     "stages:\n  sft: {learning_rate: 1e-4}\n")
+    assert load_spec(tmp_path / "s.yaml").stages.sft.learning_rate == 1e-4
+    assert load_spec(tmp_path / "s.yaml", ["stages.sft.learning_rate=5e-5"]).stages.sft.learning_rate == 5e-5
+
+
+def test_data_sources_take_one_or_many_with_options_and_named_formats_are_checked():
+    spec = parse_spec({"name": "x", "model": "m", "data": {
+        "sft": ["a.jsonl", {"source": "s3://b/chat/", "format": "sharegpt", "max_rows": 100,
+                            "columns": {"dialog": "conversations"}}],
+        "eval_fraction": 0.1}, "stages": {"sft": {}, "evaluate": {}}})
+    splits = spec.data.splits()
+    assert [s.source for s in splits["sft"][0]] == ["a.jsonl", "s3://b/chat/"]
+    assert splits["sft"][1].holdout == "train" and splits["eval"][1].holdout == "eval"
+    with pytest.raises(ConfigError) as err:
+        parse_spec({"name": "x", "model": "m", "data": {"sft": {"source": "a", "format": "sharegtp"},
+                                                        "preference": {"source": "b", "format": "hh"}}})
+    assert "data.sft.format: 'sharegtp' is not a sft format" in str(err.value) and "did you mean 'sharegpt'" in \
+        str(err.value)
+    assert "data.preference.format: 'hh' is not a preference format" in str(err.value)
+    with pytest.raises(ConfigError, match=r"stages.evaluate: needs data.eval \(or data.eval_fraction"):
+        parse_spec({"name": "x", "model": "m", "data": {"sft": "a"}, "stages": {"evaluate": {}}})

@@ -18,7 +18,7 @@ from tests.conftest import run_cli, server_processes
 pytestmark = pytest.mark.slow
 
 UPSTREAM = ["download_model", "convert_dataset[sft]", "convert_dataset[preference]", "convert_dataset[eval]",
-            "train_sft", "train_reward_model"]
+            "tokenize", "train_sft", "train_reward_model"]
 DOWNSTREAM_OF_DPO = ["train_dpo", "merge", "quantize", "evaluate[candidate]"]
 
 
@@ -30,8 +30,8 @@ def demo(tmp_path_factory):
     return {"store": open_store(str(store_dir)), "store_dir": store_dir, "cold": result}
 
 
-def chat(endpoint: str, content: str) -> dict:
-    body = json.dumps({"model": "demo", "messages": [{"role": "user", "content": content}],
+def chat(endpoint: str, content: str, model: str = "demo") -> dict:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": content}],
                        "max_tokens": 32, "temperature": 0}).encode()
     request = urllib.request.Request(f"{endpoint}/chat/completions", data=body,
                                      headers={"Content-Type": "application/json"})

@@ -1,0 +1,197 @@
+"""`alignflow data inspect` and `alignflow data convert`: look at a dataset before a run trains on it.
+
+    alignflow data inspect SOURCE [--kind sft|preference|eval] [--model MODEL] [--max-length N] [--json]
+    alignflow data convert SOURCE... --kind KIND [--format F] [--columns THEIRS=OURS ...] -o OUT.jsonl
+
+Both read sources exactly as the convert stage does (tasks/convert.py): the same formats, checks and
+canonical rows. `inspect` never fails on bad rows: it lists them. `convert` writes the canonical JSONL, a
+report beside it, and exits 2 listing the bad rows unless `--on-bad-rows skip`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from alignflow.errors import ConfigError, DataError
+
+KINDS = ("sft", "preference", "eval")
+
+
+def add_parsers(verbs) -> None:
+    inspect = verbs.add_parser("inspect", help="detected format, rows, roles, turns, lengths and every problem")
+    inspect.add_argument("source", help="a file or folder, s3://, hf://datasets/..., modelscope://datasets/...")
+    inspect.add_argument("--kind", choices=KINDS, help="what the rows are for (default: guessed from the rows)")
+    inspect.add_argument("--format", default="auto", help="row format (default: detected per file)")
+    inspect.add_argument("--model", help="a model (folder, builtin://, hf://, modelscope://) whose tokenizer "
+                                         "measures lengths in tokens")
+    inspect.add_argument("--max-length", type=int, default=1024, help="tokens per row the stage keeps "
+                                                                      "(default 1024, the stages' default)")
+    inspect.add_argument("--json", dest="as_json", action="store_true", help="print the numbers as JSON")
+    convert = verbs.add_parser("convert", help="write the canonical JSONL the convert stage writes, with a report")
+    convert.add_argument("sources", nargs="+", metavar="SOURCE")
+    convert.add_argument("--kind", choices=KINDS, required=True)
+    convert.add_argument("--format", default="auto")
+    convert.add_argument("--columns", nargs="*", default=[], metavar="THEIRS=OURS", help="rename fields first")
+    convert.add_argument("--on-bad-rows", choices=("fail", "skip"), default="fail")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
+
+
+def cmd(args) -> int:
+    return inspect(args) if args.data_command == "inspect" else convert(args)
+
+
+def _source(source: str, fmt: str, columns: dict | None = None):
+    from tasks.convert import DataSource
+
+    return DataSource(source=source, format=fmt, columns=columns or {})
+
+
+def guess_kind(source: str, scratch: Path) -> str:
+    """Preference rows are the most distinctive, then multiple choice, then chat rows."""
+    from tasks import formats
+    from tasks.readers import records
+    from tasks.sources import local_files
+
+    for path, shown in local_files(source, scratch):
+        row = next((r.row for r in records(path, shown) if r.row is not None), None)
+        if row is None:
+            continue
+        for kind, name in (("preference", None), ("eval", "multiple-choice"), ("sft", None), ("eval", None)):
+            found = formats.detect(kind, row)
+            if found and (name is None or found.name == name):
+                return kind
+        raise DataError(f"{shown}: rows with fields {sorted(row)} are not a known format; pass --kind and --format")
+    raise DataError(f"{source}: no rows")
+
+
+def inspect(args) -> int:
+    from tasks.convert import ConvertRules, convert_sources
+
+    with tempfile.TemporaryDirectory(prefix="alignflow-inspect-") as tmp:
+        scratch = Path(tmp)
+        kind = args.kind or guess_kind(args.source, scratch / "sources")
+        report = convert_sources(kind, [_source(args.source, args.format)], ConvertRules(on_bad_rows="skip"),
+                                 scratch / "out", scratch / "sources")
+        facts = report.as_dict() | {"source": args.source, "guessed_kind": args.kind is None}
+        facts["problems"] = report.problems[:20]
+        if args.model:
+            facts["tokens"] = token_lengths(kind, scratch / "out" / "data.jsonl", args.model, args.max_length,
+                                            scratch)
+    print(json.dumps(facts, indent=2) if args.as_json else describe(facts))
+    return 0
+
+
+def token_lengths(kind: str, data: Path, model: str, max_length: int, scratch: Path) -> dict:
+    """Length percentiles in the model's tokens, and how many rows `max_length` would cut."""
+    from tasks.convert import percentiles
+    from tasks.formats import RowError
+    from tasks.models import load_tokenizer
+    from tasks.tokens import IGNORE, encode
+
+    tok = load_tokenizer([tokenizer_folder(model, scratch / "model")])
+    lengths, cut, lost, refused = [], 0, 0, 0
+    with open(data, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            try:
+                if kind == "sft":
+                    ids, labels = encode(tok, row, "assistant")
+                    lost += all(label == IGNORE for label in labels[:max_length])
+                else:
+                    ids = _plain_tokens(tok, kind, row)
+            except RowError:
+                refused += 1
+                continue
+            lengths.append(len(ids))
+            cut += len(ids) > max_length
+    return {"model": model, "max_length": max_length, "lengths": percentiles(lengths), "truncated": cut,
+            "no_answer_left": lost, "template_refused": refused}
+
+
+def tokenizer_folder(model: str, scratch: Path) -> Path:
+    """A folder with the model's tokenizer (for the built-in model, only its tokenizer is built)."""
+    from tasks.download import fetch_model
+
+    if model == "builtin://tiny-qwen2":
+        from tasks.builtin import tiny_model
+
+        scratch.mkdir(parents=True, exist_ok=True)
+        tiny_model.build_tokenizer(scratch)
+        return scratch
+    return fetch_model(model, scratch)
+
+
+def _plain_tokens(tok, kind: str, row: dict) -> list[int]:
+    if kind == "preference":
+        longer = max(row["chosen"], row["rejected"], key=lambda m: len(m[0]["content"]))
+        text = tok.apply_chat_template(row["prompt"] + longer, tokenize=False)
+    else:
+        text = tok.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
+                                       add_generation_prompt=True) + row["answer"]
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def describe(facts: dict) -> str:
+    """The report as aligned `key: value` lines."""
+    guessed = " (guessed; --kind to choose)" if facts["guessed_kind"] else ""
+    lines = [("source", facts["source"]), ("kind", facts["kind"] + guessed)]
+    for src in facts["sources"]:
+        lines += [(f"format of {file}", fmt) for file, fmt in src["formats"].items()]
+    lines += [(k, facts[k]) for k in ("read", "rows", "bad", "duplicates", "skipped")]
+    stats = facts["stats"]
+    if "roles" in stats:
+        lines += [("roles", ", ".join(f"{r} {n}" for r, n in stats["roles"].items())),
+                  ("assistant turns", _spread(stats["assistant_turns"]))]
+    lines.append(("characters", _spread(stats["chars"])))
+    if "tokens" in facts:
+        t = facts["tokens"]
+        lines += [("tokens", _spread(t["lengths"])), (f"truncated at {t['max_length']}", t["truncated"])]
+        if facts["kind"] == "sft":
+            lines.append(("no answer left", t["no_answer_left"]))
+        lines.append(("template refused", t["template_refused"]))
+    width = max(len(k) for k, _ in lines)
+    text = "\n".join(f"{k + ':':<{width + 2}}{v}" for k, v in lines)
+    if facts["problems"]:
+        more = facts["bad"] - len(facts["problems"])
+        text += "\nproblems:\n" + "\n".join(f"  {p}" for p in facts["problems"]) + (
+            f"\n  ... and {more} more" if more > 0 else "")
+    return text
+
+
+def _spread(p: dict) -> str:
+    return " ".join(f"{k} {v}" for k, v in p.items()) if p else "-"
+
+
+def convert(args) -> int:
+    from tasks.convert import ConvertRules, convert_sources
+
+    columns = dict(_pair(c) for c in args.columns)
+    out = Path(args.output)
+    if out.suffix != ".jsonl":
+        raise ConfigError(f"-o {out}: name a .jsonl file", "command line")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".alignflow-convert-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        report = convert_sources(args.kind, [_source(s, args.format, columns) for s in args.sources],
+                                 ConvertRules(on_bad_rows=args.on_bad_rows), work / "out", work / "sources")
+        stem = out.with_suffix("")
+        (work / "out" / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
+        moves = [("report.json", f"{stem}.report.json"), ("quarantine.jsonl", f"{stem}.quarantine.jsonl"),
+                 ("data.jsonl", str(out))]  # the data last: its presence means the rest is there
+        for name, dest in moves:
+            if (work / "out" / name).exists():
+                shutil.move(work / "out" / name, dest)
+    from tasks.convert import describe as counts
+
+    print(f"wrote {out}: {counts(report.as_dict())}; report {stem}.report.json")
+    return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    theirs, sep, ours = text.partition("=")
+    if not sep or not theirs or not ours:
+        raise ConfigError(f"--columns {text!r}: expected THEIRS=OURS, e.g. --columns text=question", "command line")
+    return theirs, ours
