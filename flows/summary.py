@@ -11,10 +11,11 @@ from storage import ArtifactRef
 from tasks.config import StageConfig
 
 KEY_METRICS = {  # the one number each stage is judged by in the summary
-    "convert_dataset": "rows", "tokenize": "rows", "train_sft": "train_loss", "train_reward_model": "pairwise_accuracy",
-    "train_dpo": "rewards_accuracies", "merge": "max_logit_diff", "quantize": "weights_mb",
-    "evaluate": "score", "deploy": "endpoint",
+    "convert_dataset": "rows", "tokenize": "rows", "train_sft": "train_loss",
+    "train_reward_model": "pairwise_accuracy", "train_dpo": "rewards_accuracies", "merge": "max_logit_diff",
+    "quantize": "weights_mb", "evaluate": "score", "deploy": "endpoint",
 }
+ROW_NOTES = ("bad", "duplicates", "skipped", "truncated", "no_loss")  # data counts shown when not zero
 
 
 @dataclass
@@ -81,6 +82,8 @@ class Steps:
             metric = KEY_METRICS.get(task.name)
             row.update(artifact=result.label, digest=result.short_digest,
                        metric=f"{metric}={result.metrics[metric]}" if metric in result.metrics else "")
+            notes = [f"{k}={result.metrics[k]}" for k in ROW_NOTES if result.metrics.get(k)]
+            row["metric"] = " ".join([row["metric"], *notes]).strip()
         return row
 
 

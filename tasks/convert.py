@@ -91,10 +91,10 @@ def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]],
             src = SourceReport(spec.source)
             report.sources.append(src)
             for record, fmt in _read(kind, spec, files, rules, src):
-                line = _one(kind, record, fmt, spec, rules, src, report, bad)
-                if line is not None and _first(line, seen, src):
-                    data.write(line + "\n")
-                    shape.add(json.loads(line))
+                converted = _one(kind, record, fmt, spec, rules, src, report, bad)
+                if converted is not None and _first(converted[0], seen, src):
+                    data.write(converted[0] + "\n")
+                    shape.add(converted[1])
                     src.rows += 1
     report.stats = shape.summary()
     _check(kind, report, rules, out)
@@ -146,8 +146,8 @@ def _detect(kind: str, row: dict, shown: str) -> str:
 
 
 def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: ConvertRules, src: SourceReport,
-         report: Report, bad: Quarantine) -> str | None:
-    """The canonical JSON line of one record, or None (a bad, skipped or held-out row)."""
+         report: Report, bad: Quarantine) -> tuple[str, dict] | None:
+    """The canonical row of one record and its JSON line, or None (a bad, skipped or held-out row)."""
     try:
         if record.error:
             raise RowError(record.error)
@@ -169,8 +169,9 @@ def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: Co
             src.held_out += 1
             return None
         if kind == "eval":
-            line = json.dumps(formats.eval_qa(row), ensure_ascii=False, sort_keys=True)
-    return line
+            row = formats.eval_qa(row)
+            line = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    return line, row
 
 
 def in_eval(line: str, fraction: float, seed: int) -> bool:

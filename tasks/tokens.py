@@ -15,6 +15,7 @@ rate or a second stage on the same data reuses it.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
@@ -110,48 +111,79 @@ def _check_tool_calls(text: str, messages: list[dict]) -> None:
                                "missing from the text); use a model whose template supports tools, or drop these rows")
 
 
+def marked_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the template's `{% generation %}` markers enclose."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, indices = render_jinja_template(conversations=[messages], tools=tools,
+                                                  chat_template=tokenizer.chat_template,
+                                                  return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    except TemplateError as exc:
+        raise RowError(f"the chat template refused the conversation: {exc}") from None
+    if not indices[0]:
+        raise RowError("the chat template's generation markers mark no assistant text in this row")
+    _check_tool_calls(rendered[0], messages)
+    return rendered[0], [tuple(span) for span in indices[0]]
+
+
+def encode_many(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[tuple[int, int]]] | RowError]:
+    """For each canonical SFT row: (input_ids, one (first, end) token run per assistant turn), or the
+    RowError that makes it a bad row. Texts are tokenized together (the tokenizer's Rust batch path)."""
+    spans_of = marked_spans if has_generation_markers(tokenizer.chat_template) else assistant_spans
+    rendered: list[tuple[str, list] | RowError] = []
+    for row in rows:
+        try:
+            rendered.append(spans_of(tokenizer, row["messages"], row.get("tools")))
+        except RowError as exc:
+            rendered.append(exc)
+    texts = [r[0] for r in rendered if not isinstance(r, RowError)]
+    encodings = iter(tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False))
+    out = []
+    for item in rendered:
+        if isinstance(item, RowError):
+            out.append(item)
+            continue
+        encoding = next(encodings)
+        runs = [_token_run(encoding, a, b) for a, b in item[1]]
+        empty = next((i for i, (first, end) in enumerate(runs) if end <= first), None)
+        out.append(RowError(f"assistant turn {empty + 1} maps to no tokens") if empty is not None else
+                   (encoding.ids, runs))
+    return out
+
+
+def _token_run(encoding, start: int, end: int) -> tuple[int, int]:
+    """The tokens covering characters [start, end) of the text."""
+    first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1) if end > start else None
+    if first is None or last is None:  # a character no token covers (rare): go by token start offsets
+        starts = [s for s, _ in encoding.offsets]
+        return bisect.bisect_left(starts, start), bisect.bisect_left(starts, end)
+    return first, last + 1
+
+
+def labels_for(ids: list[int], runs: list[tuple[int, int]], loss_on: str) -> list[int]:
+    if loss_on == "all":
+        return list(ids)
+    labels = [IGNORE] * len(ids)
+    for first, end in (runs[-1:] if loss_on == "last_assistant" else runs):
+        labels[first:end] = ids[first:end]
+    return labels
+
+
 def encode(tokenizer, row: dict, loss_on: str) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one canonical SFT row; labels are IGNORE outside the loss."""
-    messages, tools = row["messages"], row.get("tools")
-    if has_generation_markers(tokenizer.chat_template):
-        out = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-        _check_tool_calls(tokenizer.decode(ids), messages)
-        runs = _runs(mask)
-    else:
-        text, spans = assistant_spans(tokenizer, messages, tools)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        runs = [_token_run(offsets, span) for span in spans]
-    if loss_on == "all":
-        return ids, list(ids)
-    keep = runs[-1:] if loss_on == "last_assistant" else runs
-    labels = [IGNORE] * len(ids)
-    for first, last in keep:
-        labels[first:last] = ids[first:last]
-    return ids, labels
+    [result] = encode_many(tokenizer, [row])
+    if isinstance(result, RowError):
+        raise result
+    ids, runs = result
+    return ids, labels_for(ids, runs, loss_on)
 
 
-def _token_run(offsets, span: tuple[int, int]) -> tuple[int, int]:
-    """Tokens whose first character lies inside the span."""
-    inside = [i for i, (s, e) in enumerate(offsets) if span[0] <= s < span[1] and e > s]
-    if not inside:
-        raise RowError("an assistant answer maps to no tokens")
-    return inside[0], inside[-1] + 1
-
-
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for i, bit in enumerate(mask + [0]):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            runs.append((start, i))
-            start = None
-    if not runs:
-        raise RowError("the chat template's generation markers mark no assistant tokens in this row")
-    return runs
+def has_loss(runs: list[tuple[int, int]], loss_on: str, length: int) -> bool:
+    """Whether any token that carries loss is within the first `length` tokens."""
+    kept = runs[-1:] if loss_on == "last_assistant" else runs
+    return loss_on == "all" or any(first < length for first, _ in kept)
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -166,29 +198,36 @@ def tokenize_file(tokenizer, source: Path, out: Path, config: TokenizeConfig, qu
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
     counts, lengths, batch, problems = {"rows": 0, "truncated": 0, "no_loss": 0, "bad": 0}, [], [], []
     with pq.ParquetWriter(out, schema) as writer, open(source, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                ids, labels = encode(tokenizer, json.loads(line), config.loss_on)
-            except RowError as exc:
-                counts["bad"] += 1
-                problems.append(f"{source.parent.name}/data.jsonl:{number}: {exc}")
-                continue
-            lengths.append(len(ids))
-            if len(ids) > config.max_length:
-                counts["truncated"] += 1
-                ids, labels = ids[: config.max_length], labels[: config.max_length]
-            if all(label == IGNORE for label in labels):
-                counts["no_loss"] += 1  # truncation cut every answer: nothing to learn from the row
-                continue
-            batch.append((ids, labels))
-            counts["rows"] += 1
-            if len(batch) == 1000:
-                writer.write_table(_table(batch, schema))
-                batch = []
-        if batch:
+        for first_line, rows in _chunks(f, 512):
+            for number, result in enumerate(encode_many(tokenizer, rows), first_line):
+                if isinstance(result, RowError):
+                    counts["bad"] += 1
+                    problems.append(f"{source.parent.name}/data.jsonl:{number}: {result}")
+                    continue
+                ids, runs = result
+                lengths.append(len(ids))
+                if not has_loss(runs, config.loss_on, config.max_length):
+                    counts["no_loss"] += 1  # truncation cut every answer: nothing to learn from the row
+                    continue
+                counts["truncated"] += len(ids) > config.max_length
+                batch.append((ids[: config.max_length], labels_for(ids, runs, config.loss_on)[: config.max_length]))
+            counts["rows"] += len(batch)
             writer.write_table(_table(batch, schema))
+            batch = []
     _settle(problems, counts, config, quarantine)
     return counts | {"tokens": percentiles(lengths)}
+
+
+def _chunks(lines, size: int):
+    """(line number of the first row, rows) for each `size` rows of a JSON-lines file."""
+    rows, first = [], 1
+    for number, line in enumerate(lines, 1):
+        rows.append(json.loads(line))
+        if len(rows) == size:
+            yield first, rows
+            rows, first = [], number + 1
+    if rows:
+        yield first, rows
 
 
 def _table(batch: list, schema):

@@ -89,3 +89,14 @@ def test_an_uncached_hub_dataset_fails_within_seconds_naming_the_cache_and_the_f
         assert result.code == 2, result.output
         assert str(cache) in result.stderr and fix in result.stderr and "Traceback" not in result.output
         assert time.monotonic() - started < 30
+
+
+def test_a_prefilled_modelscope_cache_converts_offline(tmp_path):
+    snapshot = tmp_path / "ms" / "datasets" / "acme--ceval" / "snapshots" / "master"
+    snapshot.mkdir(parents=True)
+    (snapshot / "val.csv").write_text("id,question,A,B,C,D,answer\n0,1+1=?,1,2,3,4,B\n")
+    result = run_cli("data", "convert", "modelscope://datasets/acme/ceval@val", "--kind", "eval", "-o",
+                     str(tmp_path / "ceval.jsonl"), env={"MODELSCOPE_CACHE": str(tmp_path / "ms")})
+    assert result.code == 0, result.output
+    assert read_jsonl(tmp_path / "ceval.jsonl") == [
+        {"question": "1+1=?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:", "answer": "B", "choices": ["1", "2", "3", "4"]}]

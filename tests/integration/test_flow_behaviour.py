@@ -105,14 +105,3 @@ stages:
     assert "deploy" not in result.status() and "endpoint" not in result.summary
     assert open_store(str(tmp_path / "store")).versions("small/deployment") == []
 
-
-@pytest.mark.slow
-def test_tokenized_data_is_reused_by_another_learning_rate_and_redone_for_another_max_length(tmp_path):
-    spec = write_spec(tmp_path / "t.yaml", SMALL.format(store=tmp_path / "store") +
-                      "stages:\n  sft: {tuner: lora, max_length: 64, trainer_args: {max_steps: 3}}\n")
-    assert run_cli("run", str(spec)).code == 0
-    faster = run_cli("run", str(spec), "--set", "stages.sft.learning_rate=1e-3")
-    assert faster.code == 0, faster.output[-3000:]
-    assert (faster.status()["tokenize"], faster.status()["train_sft"]) == ("cached", "ran")
-    longer = run_cli("run", str(spec), "--set", "stages.sft.max_length=96")
-    assert (longer.status()["tokenize"], longer.status()["train_sft"]) == ("ran", "ran")

@@ -109,3 +109,20 @@ def test_tool_calls_are_learned_where_rendered_and_refused_by_name_where_not(bas
     assert loss_runs(tok, *encode(tok, row, "assistant")) == ["reverse_letters<|im_end|>", "b a<|im_end|>"]
     with pytest.raises(RowError, match="'reverse_letters'"):
         encode(styled(base_tokenizer, CHATML), row, "assistant")
+
+
+def test_the_tokenize_cache_key_follows_the_tokenizer_max_length_and_loss_on_only():
+    from storage import ArtifactRef
+    from tasks.sft import SFTStage
+    from tasks.stage import canonical
+    from tasks.tokens import TokenizerRef
+
+    def key(tokenizer_digest: str, model_digest: str, **sft) -> object:
+        tokenizer = TokenizerRef(ArtifactRef("p/base-model", "model", 1, model_digest), tokenizer_digest)
+        return canonical({"tokenizer": tokenizer, "config": SFTStage(**sft).tokenize_config("fail")})
+
+    same = key("sha256:t", "sha256:m1")
+    assert key("sha256:t", "sha256:m2", learning_rate=1e-3, epochs=3, batch_size=4) == same  # other weights, rate
+    assert key("sha256:t2", "sha256:m1") != same
+    assert key("sha256:t", "sha256:m1", max_length=2048) != same
+    assert key("sha256:t", "sha256:m1", loss_on="last_assistant") != same
