@@ -57,3 +57,26 @@ NOT_RETRIED = (ConfigError, DataError, SourceError, StageError)
 
 # What a retry may fix. Storage backends raise TransientError for throttling and 5xx answers.
 TRANSIENT = (TransientError, ConnectionError, TimeoutError)
+
+
+class _KnownErrorTracebacks:
+    """A logging filter: a record about one of our input errors (bad spec, data or source) keeps its
+    message, which names the thing, the cause and the fix, and loses the traceback, which says nothing
+    more to the user. Any other exception keeps its traceback."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (ConfigError, DataError, SourceError)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def hide_tracebacks_of_input_errors() -> None:
+    """Install the filter on Prefect's run loggers (idempotent)."""
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if _KnownErrorTracebacks not in logger.filters:
+            logger.addFilter(_KnownErrorTracebacks)

@@ -38,6 +38,9 @@ from tasks.tokens import tokenize, tokenizer_ref
 def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
     """Post-train and ship one pipeline. `dataset` (NAME@VERSION): the dataset version whose arrival
     started this run; data sources that name that dataset use exactly that version."""
+    from alignflow.errors import hide_tracebacks_of_input_errors
+
+    hide_tracebacks_of_input_errors()  # a bad row or spec is reported by its message alone
     spec = parse_spec(spec)  # what the dashboard's form sends gets the same checks as a YAML file
     run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit,
                      spec.service.accelerator_slots)

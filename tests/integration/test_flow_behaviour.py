@@ -46,7 +46,7 @@ def test_config_error_inside_a_stage_is_not_retried(tmp_path):
     result = run_cli("run", str(spec))
     assert result.code == 2, result.output
     assert "no_such_argument" in result.stderr
-    assert "Retry 1/" not in result.output
+    assert "Retry 1/" not in result.output and "Traceback" not in result.output
     assert open_store(str(tmp_path / "store")).versions("small/sft") == []
 
 
@@ -105,3 +105,15 @@ stages:
     assert "deploy" not in result.status() and "endpoint" not in result.summary
     assert open_store(str(tmp_path / "store")).versions("small/deployment") == []
 
+
+def test_bad_rows_stop_the_run_before_training_listing_each_row_without_a_traceback(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"query": "2+2?", "response": "4"}\n{"query": 5, "response": "x"}\n{oops\n')
+    spec = write_spec(tmp_path / "b.yaml", f"name: small\nmodel: builtin://tiny-qwen2\ndata: {{sft: {data}}}\n"
+                                           f"stages: {{sft: {{}}}}\nstore: {tmp_path / 'store'}\n")
+    result = run_cli("run", str(spec))
+    assert result.code == 2, result.output[-3000:]
+    assert f"{data}:2: 'query' must be a string" in result.stderr and f"{data}:3: not valid JSON" in result.stderr
+    assert "Traceback" not in result.output and "Retry 1/" not in result.output
+    store = open_store(str(tmp_path / "store"))
+    assert store.versions("small/data-sft") == [] and store.versions("small/sft") == []
