@@ -34,10 +34,18 @@ class KillAtStep(logging.Handler):
 
 
 def sft_job(tmp_path, **config) -> tuple[dict, object]:
+    from transformers import AutoTokenizer
+
+    from tasks.tokens import tokenize_file
+
     model = fetch_model("builtin://tiny-qwen2", tmp_path / "model")
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in reverse_task.splits()["sft"][:800]))
+    rows = tmp_path / "sft" / "data.jsonl"
+    rows.parent.mkdir()
+    rows.write_text("".join(json.dumps(r) + "\n" for r in reverse_task.splits()["sft"][:800]))
     stage = SFTStage(tuner="full", epochs=2, learning_rate=3e-3, batch_size=16, max_length=64, **config)
+    data = tmp_path / "tokens.parquet"  # what the tokenize stage gives train_sft
+    tokenize_file(AutoTokenizer.from_pretrained(model), rows, data, stage.tokenize_config("fail"),
+                  tmp_path / "quarantine.jsonl")
     workdir = tmp_path / "work"
     workdir.mkdir()
     return {"config": stage.model_dump(), "model_chain": [str(model)], "data": str(data),
