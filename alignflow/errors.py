@@ -59,17 +59,14 @@ NOT_RETRIED = (ConfigError, DataError, SourceError, StageError)
 TRANSIENT = (TransientError, ConnectionError, TimeoutError)
 
 
-class _KnownErrorTracebacks:
+def _drop_input_error_traceback(record) -> bool:
     """A logging filter: a record about one of our input errors (bad spec, data or source) keeps its
     message, which names the thing, the cause and the fix, and loses the traceback, which says nothing
     more to the user. Any other exception keeps its traceback."""
-
-    @staticmethod
-    def filter(record) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (ConfigError, DataError, SourceError)):
-            record.exc_info, record.exc_text = None, None
-        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, (ConfigError, DataError, SourceError)):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def hide_tracebacks_of_input_errors() -> None:
@@ -78,5 +75,5 @@ def hide_tracebacks_of_input_errors() -> None:
 
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logger = logging.getLogger(name)
-        if _KnownErrorTracebacks not in logger.filters:
-            logger.addFilter(_KnownErrorTracebacks)
+        if _drop_input_error_traceback not in logger.filters:
+            logger.addFilter(_drop_input_error_traceback)

@@ -76,7 +76,6 @@ def inspect(args) -> int:
         report = convert_sources(kind, [_source(args.source, args.format)], ConvertRules(on_bad_rows="skip"),
                                  scratch / "out", scratch / "sources")
         facts = report.as_dict() | {"source": args.source, "guessed_kind": args.kind is None}
-        facts["problems"] = report.problems[:20]
         if args.model:
             facts["tokens"] = token_lengths(kind, scratch / "out" / "data.jsonl", args.model, args.max_length,
                                             scratch)
@@ -89,24 +88,20 @@ def token_lengths(kind: str, data: Path, model: str, max_length: int, scratch: P
     from tasks.convert import percentiles
     from tasks.formats import RowError
     from tasks.models import load_tokenizer
-    from tasks.tokens import IGNORE, encode
+    from tasks.tokens import chunks, encode_many, has_loss
 
     tok = load_tokenizer([tokenizer_folder(model, scratch / "model")])
     lengths, cut, lost, refused = [], 0, 0, 0
     with open(data, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            try:
-                if kind == "sft":
-                    ids, labels = encode(tok, row, "assistant")
-                    lost += all(label == IGNORE for label in labels[:max_length])
-                else:
-                    ids = _plain_tokens(tok, kind, row)
-            except RowError:
-                refused += 1
-                continue
-            lengths.append(len(ids))
-            cut += len(ids) > max_length
+        for _, rows in chunks(f, 512):
+            for result in encode_many(tok, rows) if kind == "sft" else [_plain_tokens(tok, kind, r) for r in rows]:
+                if isinstance(result, RowError):
+                    refused += 1
+                    continue
+                ids, runs = result
+                lengths.append(len(ids))
+                cut += len(ids) > max_length
+                lost += runs is not None and not has_loss(runs, "assistant", max_length)
     return {"model": model, "max_length": max_length, "lengths": percentiles(lengths), "truncated": cut,
             "no_answer_left": lost, "template_refused": refused}
 
@@ -124,14 +119,20 @@ def tokenizer_folder(model: str, scratch: Path) -> Path:
     return fetch_model(model, scratch)
 
 
-def _plain_tokens(tok, kind: str, row: dict) -> list[int]:
-    if kind == "preference":
-        longer = max(row["chosen"], row["rejected"], key=lambda m: len(m[0]["content"]))
-        text = tok.apply_chat_template(row["prompt"] + longer, tokenize=False)
-    else:
-        text = tok.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
-                                       add_generation_prompt=True) + row["answer"]
-    return tok(text, add_special_tokens=False)["input_ids"]
+def _plain_tokens(tok, kind: str, row: dict):
+    """(token ids, None) of a preference row (prompt and the longer answer) or an eval row, or the RowError
+    of a row the template refuses."""
+    from tasks.formats import RowError
+    from tasks.tokens import render
+
+    try:
+        if kind == "preference":
+            text = render(tok, row["prompt"] + max(row["chosen"], row["rejected"], key=lambda m: len(m[0]["content"])))
+        else:
+            text = render(tok, [{"role": "user", "content": row["question"]}], prompt=True) + row["answer"]
+    except RowError as exc:
+        return exc
+    return tok(text, add_special_tokens=False)["input_ids"], None
 
 
 def describe(facts: dict) -> str:
@@ -155,9 +156,9 @@ def describe(facts: dict) -> str:
     width = max(len(k) for k, _ in lines)
     text = "\n".join(f"{k + ':':<{width + 2}}{v}" for k, v in lines)
     if facts["problems"]:
-        more = facts["bad"] - len(facts["problems"])
-        text += "\nproblems:\n" + "\n".join(f"  {p}" for p in facts["problems"]) + (
-            f"\n  ... and {more} more" if more > 0 else "")
+        from tasks.convert import listed_problems
+
+        text += "\nproblems:\n" + listed_problems(facts["problems"], facts["bad"])
     return text
 
 
@@ -177,16 +178,16 @@ def convert(args) -> int:
         work = Path(tmp)
         report = convert_sources(args.kind, [_source(s, args.format, columns) for s in args.sources],
                                  ConvertRules(on_bad_rows=args.on_bad_rows), work / "out", work / "sources")
-        stem = out.with_suffix("")
-        (work / "out" / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
+        stem, counts = out.with_suffix(""), report.as_dict()
+        (work / "out" / "report.json").write_text(json.dumps(counts, indent=2))
         moves = [("report.json", f"{stem}.report.json"), ("quarantine.jsonl", f"{stem}.quarantine.jsonl"),
                  ("data.jsonl", str(out))]  # the data last: its presence means the rest is there
         for name, dest in moves:
             if (work / "out" / name).exists():
                 shutil.move(work / "out" / name, dest)
-    from tasks.convert import describe as counts
+    from tasks.convert import describe
 
-    print(f"wrote {out}: {counts(report.as_dict())}; report {stem}.report.json")
+    print(f"wrote {out}: {describe(counts)}; report {stem}.report.json")
     return 0
 
 

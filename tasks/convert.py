@@ -51,6 +51,10 @@ class ConvertRules(StageConfig):
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
 
+    def row_kind(self, kind: str) -> str:
+        """The kind of row the sources hold: a carved eval split reads SFT rows."""
+        return "sft" if self.holdout != "none" else kind
+
 
 @dataclass
 class SourceReport:
@@ -68,7 +72,7 @@ class SourceReport:
 class Report:
     kind: str
     sources: list[SourceReport] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # the first MAX_LISTED bad rows, as file:line: reason
     stats: dict = field(default_factory=dict)
 
     def total(self, key: str) -> int:
@@ -77,7 +81,7 @@ class Report:
     def as_dict(self) -> dict:
         counts = {k: self.total(k) for k in ("read", "rows", "bad", "duplicates", "skipped", "held_out")}
         return {"kind": self.kind, **counts, "sources": [vars(s) for s in self.sources], "stats": self.stats,
-                "problems": self.problems[:MAX_LISTED]}
+                "problems": self.problems}
 
 
 def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules,
@@ -114,7 +118,7 @@ def convert_sources(kind: str, sources: list[DataSource], rules: ConvertRules, o
 
 def _read(kind: str, spec: DataSource, files, rules: ConvertRules, src: SourceReport):
     """(record, format name) for each row of the source's files, up to max_rows."""
-    detect_kind = "sft" if rules.holdout != "none" else kind  # a carved eval split reads SFT rows
+    detect_kind = rules.row_kind(kind)
     for path, shown in files:
         fmt = None if spec.format == "auto" else _named_format(detect_kind, spec.format, spec.source)
         if fmt:
@@ -151,15 +155,15 @@ def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: Co
     try:
         if record.error:
             raise RowError(record.error)
-        row = formats.convert("sft" if rules.holdout != "none" else kind, fmt, formats.rename(record.row,
-                                                                                             spec.columns))
+        row = formats.convert(rules.row_kind(kind), fmt, formats.rename(record.row, spec.columns))
     except SkipRow:
         src.skipped += 1
         return None
     except (RowError, TypeError, AttributeError, ValueError) as exc:
         src.bad += 1
         reason = str(exc) if isinstance(exc, RowError) else f"unexpected value ({type(exc).__name__}: {exc})"
-        report.problems.append(f"{record.file}:{record.line}: {reason}")
+        if len(report.problems) < MAX_LISTED:  # all of them are in the quarantine file
+            report.problems.append(f"{record.file}:{record.line}: {reason}")
         bad.add(record, reason)
         return None
     line = json.dumps(row, ensure_ascii=False, sort_keys=True)
@@ -195,15 +199,20 @@ def _check(kind: str, report: Report, rules: ConvertRules, out: Path) -> None:
     if bad and rules.on_bad_rows == "fail":
         (out / "data.jsonl").unlink(missing_ok=True)
         (out / "quarantine.jsonl").unlink(missing_ok=True)
-        listed = "\n".join(f"  {p}" for p in report.problems[:MAX_LISTED])
-        more = f"\n  ... and {bad - MAX_LISTED} more" if bad > MAX_LISTED else ""
-        raise DataError(f"{kind} data has {bad} bad row{'s' * (bad != 1)} of {report.total('read')}:\n{listed}{more}\n"
+        raise DataError(f"{kind} data has {bad} bad row{'s' * (bad != 1)} of {report.total('read')}:\n"
+                        f"{listed_problems(report.problems, bad)}\n"
                         "Fix them, or leave them out with on_bad_rows: skip (data.on_bad_rows in a spec, "
                         "--on-bad-rows on the command line); they are kept, with their reasons, in quarantine.jsonl")
     if not report.total("rows"):
         raise DataError(f"{kind} data is empty after conversion ({report.total('read')} rows read, {bad} bad, "
                         f"{report.total('skipped')} without a preference, {report.total('held_out')} held out): "
                         "nothing to train or evaluate on")
+
+
+def listed_problems(problems: list[str], total: int) -> str:
+    """The first MAX_LISTED problems, one per indented line, and how many more there are."""
+    more = total - min(len(problems), MAX_LISTED)
+    return "\n".join(f"  {p}" for p in problems[:MAX_LISTED]) + (f"\n  ... and {more} more" if more > 0 else "")
 
 
 class Quarantine:
@@ -265,12 +274,11 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
     `raws`: the registered dataset version each `store://` source resolved to (None for the others)."""
     from prefect import get_run_logger
 
-
     workdir, store = run.workdir(), run.open_store()
     report = convert_sources(split, sources, rules, workdir / split, workdir / "sources",
                              [store.get_dir(raw) if raw else None for raw in raws])
-    (workdir / split / "report.json").write_text(json.dumps(report.as_dict(), indent=2))
     counts = report.as_dict()
+    (workdir / split / "report.json").write_text(json.dumps(counts, indent=2))
     get_run_logger().info("convert_dataset[%s]: %s", split, describe(counts))
     inputs = {f"raw{i}" if len(raws) > 1 else "raw": raw for i, raw in enumerate(raws) if raw is not None}
     metrics = {k: counts[k] for k in ("rows", "bad", "duplicates", "skipped", "held_out")}
@@ -287,5 +295,3 @@ def describe(counts: dict) -> str:
              f"{counts['held_out']} held out for the other split" if counts["held_out"] else ""]
     notes = [n for n in notes if n]
     return f"{counts['rows']} rows ({counts['read']} read" + ("; " + ", ".join(notes) if notes else "") + ")"
-
-

@@ -321,10 +321,11 @@ def pref_ultrafeedback(row: dict) -> dict:
 # ---- eval ----------------------------------------------------------------------------------------
 
 LETTERS = "ABCDEFGHIJ"
+QA_FIELDS = (("question", "answer"), ("query", "response"), ("prompt", "completion"), ("instruction", "output"))
 
 
 def eval_qa(row: dict) -> dict:
-    for q, a in (("question", "answer"), ("query", "response"), ("prompt", "completion"), ("instruction", "output")):
+    for q, a in QA_FIELDS:
         if q in row and a in row:
             answer = str(row[a]) if isinstance(row[a], (int, float)) and not isinstance(row[a], bool) else row[a]
             out = {"question": _text(row[q], q), "answer": _text(answer, a)}
@@ -390,9 +391,8 @@ FORMATS = [
            _has("chosen", "rejected"), pref_pairwise),
     Format("multiple-choice", "eval", "question, A/B/C/D (or options), answer letter", _is_choice, eval_choice),
     Format("qa", "eval", "question/answer (or any SFT format)",
-           lambda row: any(_has(q, a)(row) for q, a in (("question", "answer"), ("query", "response"),
-                                                         ("prompt", "completion"), ("instruction", "output")))
-           or "messages" in row or "conversations" in row, eval_qa),
+           lambda row: any(_has(q, a)(row) for q, a in QA_FIELDS) or "messages" in row or "conversations" in row,
+           eval_qa),
 ]
 BY_NAME = {(f.kind, f.name): f for f in FORMATS}
 

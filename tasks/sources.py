@@ -114,13 +114,8 @@ def _s3_listing(source: str) -> dict[str, str]:
 def fetch(source: str, entries: dict[str, str], dest: Path) -> None:
     """Copy the listed files of a source into `dest` (a fresh folder)."""
     if source.startswith("s3://"):
-        from storage.s3 import make_client
-
         bucket, objects = _s3_objects(source)
-        client = make_client()
-        for rel in entries:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, objects[rel][0], str(dest / rel))
+        _download(bucket, {rel: objects[rel][0] for rel in entries}, dest)
         return
     path = Path(source).expanduser()
     root = path.parent if path.is_file() else path
@@ -129,16 +124,28 @@ def fetch(source: str, entries: dict[str, str], dest: Path) -> None:
         shutil.copyfile(root / rel, dest / rel)
 
 
+def _download(bucket: str, keys: dict[str, str], dest: Path) -> None:
+    """{relative name: key} of `bucket` into `dest`."""
+    from storage.s3 import make_client
+
+    client = make_client()
+    for rel, key in keys.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(dest / rel))
+
+
 def _s3(source: str, scratch: Path) -> list[tuple[Path, str]]:
     """The data files under an s3:// prefix (or one object), downloaded once per content."""
-    entries = {rel: etag for rel, etag in listing(source).items() if data_suffix(Path(rel))}
-    if not entries:
+    bucket, objects = _s3_objects(source)
+    objects = {rel: key_etag for rel, key_etag in objects.items() if data_suffix(Path(rel))}
+    if not objects:
         raise SourceError(f"dataset {source}: no .jsonl, .json, .csv, .tsv or .parquet objects there")
+    entries = {rel: etag for rel, (_, etag) in objects.items()}
     dest = scratch / "s3" / fingerprint(entries)[:16]
     if not dest.exists():
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        fetch(source, entries, partial)
+        _download(bucket, {rel: key for rel, (key, _) in objects.items()}, partial)
         partial.rename(dest)
     base = source.rstrip("/")
     return [(dest / rel, base if base.endswith("/" + rel) else f"{base}/{rel}") for rel in sorted(entries)]

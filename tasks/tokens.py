@@ -16,8 +16,10 @@ rate or a second stage on the same data reuses it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -63,16 +65,24 @@ def tokenizer_ref(store, model: ArtifactRef) -> TokenizerRef:
 # ---- masks ---------------------------------------------------------------------------------------
 
 def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and "generation" in template and "endgeneration" in template
+    """Whether the template marks the assistant's text with `{% generation %}` (as transformers looks for it)."""
+    return bool(template) and re.search(r"\{%-?\s*generation\s*-?%\}", template) is not None
 
 
-def render(tokenizer, messages: list[dict], tools: list | None = None, prompt: bool = False) -> str:
+@contextlib.contextmanager
+def template_refusals():
+    """A template's own `raise_exception` (or any Jinja error) on a row makes the row a bad one."""
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=prompt)
+        yield
     except TemplateError as exc:
         raise RowError(f"the chat template refused the conversation: {exc}") from None
+
+
+def render(tokenizer, messages: list[dict], tools: list | None = None, prompt: bool = False) -> str:
+    with template_refusals():
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
@@ -113,15 +123,12 @@ def _check_tool_calls(text: str, messages: list[dict]) -> None:
 
 def marked_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the template's `{% generation %}` markers enclose."""
-    from jinja2 import TemplateError
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    try:
+    with template_refusals():
         rendered, indices = render_jinja_template(conversations=[messages], tools=tools,
                                                   chat_template=tokenizer.chat_template,
                                                   return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
-    except TemplateError as exc:
-        raise RowError(f"the chat template refused the conversation: {exc}") from None
     if not indices[0]:
         raise RowError("the chat template's generation markers mark no assistant text in this row")
     _check_tool_calls(rendered[0], messages)
@@ -198,7 +205,7 @@ def tokenize_file(tokenizer, source: Path, out: Path, config: TokenizeConfig, qu
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
     counts, lengths, batch, problems = {"rows": 0, "truncated": 0, "no_loss": 0, "bad": 0}, [], [], []
     with pq.ParquetWriter(out, schema) as writer, open(source, encoding="utf-8") as f:
-        for first_line, rows in _chunks(f, 512):
+        for first_line, rows in chunks(f, 512):
             for number, result in enumerate(encode_many(tokenizer, rows), first_line):
                 if isinstance(result, RowError):
                     counts["bad"] += 1
@@ -218,7 +225,7 @@ def tokenize_file(tokenizer, source: Path, out: Path, config: TokenizeConfig, qu
     return counts | {"tokens": percentiles(lengths)}
 
 
-def _chunks(lines, size: int):
+def chunks(lines, size: int):
     """(line number of the first row, rows) for each `size` rows of a JSON-lines file."""
     rows, first = [], 1
     for number, line in enumerate(lines, 1):
@@ -238,8 +245,10 @@ def _table(batch: list, schema):
 
 def _settle(problems: list[str], counts: dict, config: TokenizeConfig, quarantine: Path) -> None:
     if problems and config.on_bad_rows == "fail":
-        listed = "\n".join(f"  {p}" for p in problems[:20])
-        raise DataError(f"sft data: {len(problems)} rows cannot be rendered by the model's chat template:\n{listed}\n"
+        from tasks.convert import listed_problems
+
+        raise DataError(f"sft data: {len(problems)} rows cannot be rendered by the model's chat template:\n"
+                        f"{listed_problems(problems, len(problems))}\n"
                         "Fix them, or set data.on_bad_rows: skip to leave them out")
     if problems:
         quarantine.write_text("".join(json.dumps({"reason": p}) + "\n" for p in problems))
