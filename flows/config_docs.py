@@ -24,7 +24,7 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
     from tasks.trainer import LoraSpec
 
     return [("Top level", spec.PipelineSpec), ("`data`", spec.DataSpec), *stages,
-            ("`stages.sft.lora`, `stages.dpo.lora`", LoraSpec),
+            ("`stages.<sft|dpo|kto|orpo|cpo>.lora`", LoraSpec),
             ("`retry`", spec.RetrySpec), ("`service`", spec.ServiceSpec), ("`service.nightly`", spec.ScheduleSpec),
             ("`service.watch`", spec.WatchSpec)]
 

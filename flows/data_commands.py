@@ -127,7 +127,8 @@ def _plain_tokens(tok, kind: str, row: dict):
 
     try:
         if kind == "preference":
-            text = render(tok, row["prompt"] + max(row["chosen"], row["rejected"], key=lambda m: len(m[0]["content"])))
+            answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
+            text = render(tok, row["prompt"] + max(answers, key=lambda m: len(m[0]["content"])))
         else:
             text = render(tok, [{"role": "user", "content": row["question"]}], prompt=True) + row["answer"]
     except RowError as exc:

@@ -1,9 +1,11 @@
 """The post-training flow: base model and raw data in, an evaluated, gated, served model out.
 
-    download_model -> convert_dataset (sft, preference, eval) -> train_sft -> train_reward_model
-      -> train_dpo -> merge -> quantize -> evaluate (candidate and base) -> gate -> deploy
+    download_model -> convert_dataset (sft, preference, eval) -> tokenize -> train_sft -> train_reward_model
+      -> preference methods (train_dpo | train_kto | train_orpo | train_cpo) -> merge -> quantize
+      -> evaluate (candidate and base) -> gate -> deploy
 
-Stages absent from the spec are skipped; each stage receives the newest model so far. Every stage is a
+Stages absent from the spec are skipped; each stage receives the newest model so far, so the spec picks
+the shape: SFT alone, SFT then DPO, KTO instead of DPO, ORPO on the base model. Every stage is a
 cached, retried task (tasks/stage.py); this file only orchestrates. Its parameters are typed, so the
 Prefect dashboard renders the spec as a run form; what the form sends is validated like a YAML file.
 """
@@ -21,12 +23,15 @@ from flows.summary import Steps
 from storage import ArtifactRef
 from storage.results import result_storage
 from storage.store import default_cache_dir
+from tasks.cpo import train_cpo
 from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
 from tasks.evaluate import evaluate
 from tasks.gate import PRODUCTION, gate
+from tasks.kto import train_kto
 from tasks.merge import merge
+from tasks.orpo import train_orpo
 from tasks.quantize import quantize
 from tasks.reward import train_reward_model
 from tasks.sft import train_sft
@@ -61,8 +66,10 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
         model = steps.run(train_sft, run, model, tokens, stages.sft)
     if stages.reward:
         steps.run(train_reward_model, run, model, data["preference"], stages.reward)
-    if stages.dpo:
-        model = steps.run(train_dpo, run, model, data["preference"], stages.dpo)
+    model = align(steps, run, train_dpo, stages.dpo, model, data)
+    model = align(steps, run, train_kto, stages.kto, model, data)
+    model = align(steps, run, train_orpo, stages.orpo, model, data)
+    model = align(steps, run, train_cpo, stages.cpo, model, data)
     if model.kind == "adapter":
         model = steps.run(merge, run, model, any_split(data), stages.merge)
     if stages.quantize and stages.quantize.method != "none":
@@ -84,6 +91,12 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
         return ship(steps, run, spec, summary, model, report, decision, any_split(data))
     return summary
+
+
+def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, data: dict) -> ArtifactRef:
+    """A preference method on the model so far, when the spec sets it; the model it returns is the new
+    policy (an adapter on `model`, or full weights)."""
+    return steps.run(method, run, model, data["preference"], config) if config is not None else model
 
 
 def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model: ArtifactRef,

@@ -24,11 +24,14 @@ from pydantic import Field, ValidationError
 from alignflow.errors import ConfigError
 from tasks.config import StageConfig, valid_range
 from tasks.convert import ConvertRules, DataSource
+from tasks.cpo import CPOStage
 from tasks.deploy import DeployStage
 from tasks.dpo import DPOStage
 from tasks.evaluate import EvaluateStage
 from tasks.gate import GateStage
+from tasks.kto import KTOStage
 from tasks.merge import MergeStage
+from tasks.orpo import ORPOStage
 from tasks.quantize import QuantizeStage
 from tasks.reward import RewardStage
 from tasks.sft import SFTStage
@@ -43,6 +46,10 @@ class Stages(StageConfig):
     sft: Optional[SFTStage] = Field(None, description="supervised fine-tuning (needs data.sft)")
     reward: Optional[RewardStage] = Field(None, description="reward model (needs data.preference)")
     dpo: Optional[DPOStage] = Field(None, description="DPO on the SFT result (needs data.preference)")
+    kto: Optional[KTOStage] = Field(None, description="KTO on good/bad answers (needs data.preference: pairs or "
+                                                      "unpaired rows)")
+    orpo: Optional[ORPOStage] = Field(None, description="ORPO, reference-free (needs data.preference)")
+    cpo: Optional[CPOStage] = Field(None, description="CPO or SimPO, reference-free (needs data.preference)")
     merge: MergeStage = Field(default_factory=MergeStage, description="folds adapters into full weights")
     quantize: Optional[QuantizeStage] = Field(None, description="post-training quantization")
     evaluate: Optional[EvaluateStage] = Field(None, description="EvalScope on the eval split (needs data.eval)")
@@ -231,21 +238,27 @@ def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
 
 def cross_checks(spec: PipelineSpec) -> list[str]:
     """Rules that span fields: a stage needs its data split, a gate needs an evaluation, ..."""
-    problems = []
-    needs = {"sft": "sft", "reward": "preference", "dpo": "preference", "evaluate": "eval"}
-    splits = spec.data.splits()
-    for stage, split in needs.items():
-        if getattr(spec.stages, stage) is not None and split not in splits:
-            hint = " (or data.eval_fraction with data.sft)" if split == "eval" else ""
-            problems.append(f"stages.{stage}: needs data.{split}{hint}, which is not set")
-    problems += format_problems(spec.data)
+    problems = unmet_needs(spec) + format_problems(spec.data)
+    problems += [problem for _, config in spec.stages if config is not None for problem in config.problems()]
     if spec.storage and not spec.store.startswith("s3://"):
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
-    if spec.stages.gate and not spec.stages.evaluate:
-        problems.append("stages.gate: needs stages.evaluate, which is not set")
     for name in spec.service.watch.sources:
         if not re.match(DATASET_PATTERN, name):
             problems.append(f"service.watch.sources.{name}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
+    return problems
+
+
+def unmet_needs(spec: PipelineSpec) -> list[str]:
+    """What each stage that runs needs, as it declares (tasks/config.py: Declaration), and the spec lacks."""
+    problems, splits = [], spec.data.splits()
+    for name, config in spec.stages:
+        for need in config.needs() if config is not None else ():
+            section, _, what = need.partition(".")
+            if section == "data" and what not in splits:
+                hint = " (or data.eval_fraction with data.sft)" if what == "eval" else ""
+                problems.append(f"stages.{name}: needs data.{what}{hint}, which is not set")
+            elif section == "stages" and getattr(spec.stages, what) is None:
+                problems.append(f"stages.{name}: needs stages.{what}, which is not set")
     return problems
 
 
@@ -283,7 +296,7 @@ def describe_errors(errors: list[dict], raw: dict) -> list[str]:
         if rest:  # a union member's error: report the field once
             if where not in seen_unions:
                 seen_unions.add(where)
-                problems.append(f"{where}: expected {_union_words(model, path[-1])}, got {err['input']!r}")
+                problems.append(f"{where}: {_describe_union(model, path[-1], err['input'])}")
             continue
         problems.append(f"{where}: {_describe(err, model, path)}")
     return problems
@@ -343,12 +356,25 @@ def _describe(err: dict, model, path: list) -> str:
         if base == "list":
             word = _union_words(model, path[-1]) if model and path else "a list"
         return f"expected {word}, got {value!r}"
+    if kind == "value_error":  # a model's own rule: its message says it all
+        return err["msg"].removeprefix("Value error, ")
     return f"{err['msg']} (got {value!r})"
 
 
 def _choices(model, field: str) -> list[str]:
     hint = model.model_fields[field].annotation if model and field in model.model_fields else None
     return [str(a) for a in typing.get_args(hint)]
+
+
+def _describe_union(model, field: str, value) -> str:
+    """`loss_type: 'ipoo'` -> "'ipoo' is not one of 'sigmoid', ... (or a list of them); did you mean 'ipo'?"."""
+    literals = [a for a in typing.get_args(model.model_fields[field].annotation) if typing.get_origin(a) is Literal]
+    if not literals or not isinstance(value, str):
+        return f"expected {_union_words(model, field)}, got {value!r}"
+    choices = [str(c) for c in typing.get_args(literals[0])]
+    close = difflib.get_close_matches(value, choices, n=1)
+    return (f"{value!r} is not one of {', '.join(map(repr, choices))} (or a list of them)"
+            + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _union_words(model, field: str) -> str:

@@ -9,12 +9,8 @@ from typing import Any
 
 from storage import ArtifactRef
 from tasks.config import StageConfig
+from tasks.stage import DECLARATIONS
 
-KEY_METRICS = {  # the one number each stage is judged by in the summary
-    "convert_dataset": "rows", "tokenize": "rows", "train_sft": "train_loss",
-    "train_reward_model": "pairwise_accuracy", "train_dpo": "rewards_accuracies", "merge": "max_logit_diff",
-    "quantize": "weights_mb", "evaluate": "score", "deploy": "endpoint",
-}
 ROW_NOTES = ("bad", "duplicates", "skipped", "truncated", "no_loss")  # data counts shown when not zero
 
 
@@ -79,7 +75,7 @@ class Steps:
         if isinstance(result, dict) and "passed" in result:  # the gate's decision
             row["metric"] = "passed" if result["passed"] else "rejected"
         if isinstance(result, ArtifactRef):
-            metric = KEY_METRICS.get(task.name)
+            metric = DECLARATIONS[task.name].key_metric if task.name in DECLARATIONS else None
             row.update(artifact=result.label, digest=result.short_digest,
                        metric=f"{metric}={result.metrics[metric]}" if metric in result.metrics else "")
             notes = [f"{k}={result.metrics[k]}" for k in ROW_NOTES if result.metrics.get(k)]

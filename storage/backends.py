@@ -38,6 +38,8 @@ class Backend(Protocol):
 
     def get_file(self, key: str, dest: Path) -> None: ...
 
+    def delete(self, key: str) -> None: ...  # no error if absent; only scratch (checkpoints) is ever deleted
+
 
 def etag_of(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -115,6 +117,17 @@ class LocalBackend:
         if not src.exists():
             raise ObjectNotFound(f"{key} not found in store {self.uri}")
         shutil.copyfile(src, dest)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # drop folders the delete emptied, up to the root
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or written to meanwhile): keep it and everything above
+                break
 
     @staticmethod
     def _write_tmp(path: Path, data: bytes) -> Path:

@@ -163,3 +163,6 @@ class S3Backend:
     def get_file(self, key: str, dest: Path) -> None:
         self._call("download", key, self.blob_client.download_file, Bucket=self.bucket, Key=self._key(key),
                    Filename=str(dest), Config=self._transfer)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
 from pydantic import BaseModel, ConfigDict
 
 BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
@@ -16,6 +19,17 @@ def show_ranges(schema: dict, model: type[BaseModel]) -> None:
             prop["description"] += f" (valid: {text})"
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """What a stage is, said once, in its `@stage(...)` line: the spec's checks, the run summary and the
+    dashboard read it instead of keeping tables of their own."""
+
+    name: str  # the Prefect task's name, e.g. "train_sft"
+    libraries: tuple[str, ...] = ()  # whose versions shape the result (part of the cache key and lineage)
+    needs: tuple[str, ...] = ()  # what the spec must set for the stage to run: "data.sft", "stages.evaluate"
+    key_metric: Optional[str] = None  # the one number the run summary shows for the stage
+
+
 class StageConfig(BaseModel):
     """A stage's settings: typed, documented field by field (`Field(description=...)`), with valid ranges.
 
@@ -23,6 +37,17 @@ class StageConfig(BaseModel):
     The same classes validate the YAML spec and render the run form in the Prefect dashboard."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, json_schema_extra=show_ranges)
+    declaration: ClassVar[Optional[Declaration]] = None  # set by the stage's `@stage(..., config=cls)`
+
+    def problems(self) -> list[str]:
+        """What makes these settings unusable here, found before any work (e.g. a method the installed
+        library lacks). The spec reports them with its other problems."""
+        return []
+
+    def needs(self) -> tuple[str, ...]:
+        """What the spec must also set for this stage to run with these settings ("data.preference",
+        "stages.reward"). A stage whose needs depend on its settings overrides this."""
+        return self.declaration.needs if self.declaration else ()
 
 
 def valid_range(model: type[BaseModel], field: str) -> str:

@@ -243,7 +243,7 @@ class Shape:
         self.kind, self.roles, self.turns, self.chars = kind, {}, [], []
 
     def add(self, row: dict) -> None:
-        msgs = row.get("messages") or (row.get("prompt", []) + row.get("chosen", []))
+        msgs = row.get("messages") or (row.get("prompt", []) + (row.get("chosen") or row.get("completion", [])))
         for m in msgs:
             self.roles[m["role"]] = self.roles.get(m["role"], 0) + 1
         if msgs:
@@ -267,7 +267,7 @@ def percentiles(values: list[int | float]) -> dict:
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-@stage("convert_dataset", uses=("tasks.formats", "tasks.readers", "tasks.sources"))
+@stage("convert_dataset", key_metric="rows", uses=("tasks.formats", "tasks.readers", "tasks.sources"))
 def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fingerprints: list[str],
                     raws: list[Optional[ArtifactRef]], rules: ConvertRules) -> ArtifactRef:
     """`fingerprints`: each source's content identity (keys the cache for sources outside the store);

@@ -179,7 +179,7 @@ def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logge
             "started_at": time.time(), "host": socket.gethostname()}
 
 
-@stage("deploy", cached=False)
+@stage("deploy", config=DeployStage, key_metric="endpoint", cached=False)
 def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None) -> ArtifactRef:
     from prefect import get_run_logger
 

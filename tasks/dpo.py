@@ -1,65 +1,59 @@
 """Stage `train_dpo`: Direct Preference Optimization with TRL's DPOTrainer, on top of the SFT result.
 
 With `tuner: lora` the policy is a new LoRA adapter on the SFT weights, and the reference model is those
-same weights with the adapter disabled (no second copy in memory). Output: an `adapter` artifact whose
-base is the SFT artifact (or a full `model` with `tuner: full`).
+same weights with the adapter disabled (no second copy in memory). `loss_type` picks any of TRL's DPO
+losses (IPO, hinge, robust, ...), or a weighted mixture of several (MPO). Output: an `adapter` artifact
+whose base is the SFT artifact (or a full `model` with `tuner: full`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.models import base_record
-from tasks.stage import RunContext, publish, stage
-from tasks.trainer import LoraSpec, TrainingStage
+from tasks.stage import RunContext, stage
+from tasks.trainer import PolicyStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]  # TRL 1.16's names
 
 
-class DPOStage(TrainingStage):
+class DPOStage(PolicyStage):
     """Direct Preference Optimization (trl.DPOTrainer) on the SFT result. `trainer_args` go to trl.DPOConfig."""
 
-    tuner: Literal["lora", "full"] = Field(
-        "lora", description="lora: a new adapter on the SFT weights, whose adapter-off self is the reference "
-                            "model; full: every weight, with a frozen copy as reference")
     beta: float = Field(0.1, gt=0, le=100, description="DPO temperature: higher keeps the policy closer to the "
                                                        "reference model")
     learning_rate: float = Field(5.0e-5, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
                                                                    "5% warm-up)")
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora)")
+    loss_type: DPOLoss | list[DPOLoss] = Field(
+        "sigmoid", description="TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...; a list mixes several")
+    loss_weights: Optional[list[float]] = Field(None, description="one weight per loss_type entry (default: 1 each)")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "DPOStage":
+        losses = self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {len(losses)} loss types; "
+                             "give one weight per loss_type")
+        return self
 
 
-@stage("train_dpo", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models", "tasks.sft"), accelerator=True)
+@stage("train_dpo", config=DPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
+       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
 def train_dpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: DPOStage) -> ArtifactRef:
-    metrics, out = trainer.run_trainer(run, "train_dpo", "dpo", model, data, config)
-    adapter = config.tuner == "lora"
-    return publish(run, "dpo", "adapter" if adapter else "model", out, stage="train_dpo",
-                   config=config, inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
-                   metadata={"base": base_record(model), "tuner": "lora"} if adapter else {"tuner": "full"})
+    return trainer.run_trainer(run, model, data, config, suffix="dpo")
 
 
 def run_training(job: dict) -> dict:
     """Child process: train and save into job["output"]."""
-    from datasets import load_dataset
     from trl import DPOConfig, DPOTrainer
 
-    from tasks.models import load_causal_lm, load_tokenizer
-    from tasks.sft import lora_config
-
     config = DPOStage.model_validate(job["config"])
-    tokenizer = load_tokenizer(job["model_chain"])
-    model = load_causal_lm(job["model_chain"])
-    args = trainer.trl_args(DPOConfig, job, beta=config.beta)
-    dataset = load_dataset("json", data_files=job["data"], split="train")
-    peft = lora_config(config.lora, "CAUSAL_LM") if config.tuner == "lora" else None
-    dpo = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
-    metrics = trainer.train(dpo, job)
-    last = next((h for h in reversed(dpo.state.log_history) if "rewards/accuracies" in h), {})
-    final = {k.replace("/", "_"): round(v, 4) for k, v in last.items()
-             if k in ("rewards/accuracies", "rewards/margins")}
-    trainer.save(dpo, tokenizer, job["output"])
-    return {**metrics, **final}
+    losses = config.loss_type if isinstance(config.loss_type, list) else [config.loss_type]
+    return trainer.train_policy(job, config, DPOConfig, DPOTrainer, trainer.preference_pairs(job, "dpo"),
+                                shown=("rewards/accuracies", "rewards/margins"), beta=config.beta,
+                                loss_type=losses, loss_weights=config.loss_weights)

@@ -106,7 +106,8 @@ def run_evalscope(model_dir: Path, data_dir: Path, work_dir: Path, config: Evalu
         raise StageError(f"evaluate: EvalScope failed with exit code {code}. Last lines of {log_path}:\n{tail}")
 
 
-@stage("evaluate", libraries=LIBRARIES, accelerator=True)
+@stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES,
+       accelerator=True)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str) -> ArtifactRef:
     from prefect import get_run_logger
 

@@ -3,6 +3,7 @@
 Canonical rows (what the trainers and the evaluation read):
     sft         {"messages": [{"role", "content"[, "tool_calls" | "name" | "tool_call_id"]}, ...][, "tools": [...]]}
     preference  {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}
+                or, unpaired (KTO), {"prompt": [messages], "completion": [assistant message], "label": true|false}
     eval        {"question": "...", "answer": "..."[, "system": "..."][, "choices": ["...", ...]]}
 
 A file's format is detected from its first row (`detect`) unless the spec names one; `columns` renames the
@@ -318,6 +319,22 @@ def pref_ultrafeedback(row: dict) -> dict:
                      [{"role": "assistant", "content": _text(completions[w].get("response"), f"completions[{w}]")}])
 
 
+LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False,  # 1 == True, 0 == False
+          "good": True, "bad": False, "yes": True, "no": False}
+
+
+def pref_unpaired(row: dict) -> dict:
+    """One answer judged good or bad (a thumbs up or down): KTO's unpaired feedback."""
+    label = row["label"].strip().lower() if isinstance(row["label"], str) else row["label"]
+    if label not in LABELS or isinstance(label, float):
+        raise RowError(f"'label' is {row['label']!r}; expected true/false (or 1/0, good/bad)")
+    prompt = _as_prompt(row["prompt"], "prompt")
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise RowError("the prompt must end with a user message")
+    return {"prompt": prompt, "completion": _answer(conversation(row["completion"]), "completion"),
+            "label": LABELS[label]}
+
+
 # ---- eval ----------------------------------------------------------------------------------------
 
 LETTERS = "ABCDEFGHIJ"
@@ -389,6 +406,8 @@ FORMATS = [
            pref_swift),
     Format("pairwise", "preference", "[prompt/]chosen/rejected (strings or conversations)",
            _has("chosen", "rejected"), pref_pairwise),
+    Format("unpaired", "preference", "prompt/completion/label: one answer judged good or bad (KTO)",
+           _has("prompt", "completion", "label"), pref_unpaired),
     Format("multiple-choice", "eval", "question, A/B/C/D (or options), answer letter", _is_choice, eval_choice),
     Format("qa", "eval", "question/answer (or any SFT format)",
            lambda row: any(_has(q, a)(row) for q, a in QA_FIELDS) or "messages" in row or "conversations" in row,

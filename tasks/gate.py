@@ -49,7 +49,7 @@ def decide(score: float, base: float, production: float | None, config: GateStag
     return reasons
 
 
-@stage("gate", cached=False)
+@stage("gate", config=GateStage, needs=("stages.evaluate",), cached=False)
 def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: GateStage) -> dict:
     from prefect import get_run_logger
 

@@ -70,7 +70,7 @@ def chat_texts(data_file: Path, tokenizer, limit: int, with_answers: bool = True
             if "messages" in row:
                 messages = row["messages"] if with_answers else row["messages"][:-1]
             elif "prompt" in row:
-                messages = row["prompt"] + (row["chosen"] if with_answers else [])
+                messages = row["prompt"] + ((row.get("chosen") or row["completion"]) if with_answers else [])
             else:
                 messages = [{"role": "user", "content": row["question"]}]
                 messages += [{"role": "assistant", "content": row["answer"]}] if with_answers else []

@@ -41,7 +41,8 @@ def recipe(method: str) -> list:
             GPTQModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
 
 
-@stage("quantize", libraries=LIBRARIES, uses=("tasks.models",), accelerator=True)
+@stage("quantize", config=QuantizeStage, key_metric="weights_mb", libraries=LIBRARIES, uses=("tasks.models",),
+       accelerator=True)
 def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, config: QuantizeStage) -> ArtifactRef:
     from datasets import Dataset
     from llmcompressor import LoggerConfig, configure_logger, oneshot

@@ -13,7 +13,7 @@ from pydantic import Field
 from storage import ArtifactRef
 from tasks import trainer
 from tasks.models import materialize
-from tasks.stage import RunContext, publish, stage
+from tasks.stage import RunContext, stage
 from tasks.trainer import TrainingStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
@@ -28,20 +28,16 @@ class RewardStage(TrainingStage):
                                                               "accuracy")
 
 
-@stage("train_reward_model", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"), accelerator=True)
+@stage("train_reward_model", config=RewardStage, needs=("data.preference",), key_metric="pairwise_accuracy",
+       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
 def train_reward_model(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: RewardStage) -> ArtifactRef:
-    from prefect import get_run_logger
-
-    metrics, out = trainer.run_trainer(run, "train_reward_model", "reward", model, data, config)
-    get_run_logger().info("reward model: held-out pairwise accuracy %.3f on %d pairs",
-                          metrics["pairwise_accuracy"], metrics["eval_pairs"])
-    return publish(run, "reward", "reward_model", out, stage="train_reward_model", config=config,
-                   inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics)
+    return trainer.run_trainer(run, model, data, config, suffix="reward", kind="reward_model", log=lambda logger, m:
+                               logger.info("reward model: held-out pairwise accuracy %.3f on %d pairs",
+                                           m["pairwise_accuracy"], m["eval_pairs"]))
 
 
 def run_training(job: dict) -> dict:
     """Child process: train, score held-out pairs, save into job["output"]."""
-    from datasets import load_dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
@@ -52,8 +48,7 @@ def run_training(job: dict) -> dict:
     body = materialize(job["model_chain"], Path(job["workdir"]) / "merged-base")
     model = AutoModelForSequenceClassification.from_pretrained(body, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    pairs = load_dataset("json", data_files=job["data"], split="train").train_test_split(
-        test_size=config.eval_fraction, seed=42)
+    pairs = trainer.preference_pairs(job, "reward").train_test_split(test_size=config.eval_fraction, seed=42)
     args = trainer.trl_args(RewardConfig, job)
     reward = RewardTrainer(model=model, args=args, train_dataset=pairs["train"], processing_class=tokenizer)
     metrics = trainer.train(reward, job)

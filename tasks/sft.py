@@ -13,8 +13,7 @@ from pydantic import Field
 
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.models import base_record
-from tasks.stage import RunContext, publish, stage
+from tasks.stage import RunContext, stage
 from tasks.tokens import LossOn, TokenizeConfig
 from tasks.trainer import LoraSpec, TrainingStage
 
@@ -35,21 +34,11 @@ class SFTStage(TrainingStage):
         return TokenizeConfig(loss_on=self.loss_on, max_length=self.max_length, on_bad_rows=on_bad_rows)
 
 
-@stage("train_sft", libraries=LIBRARIES, uses=("tasks.trainer", "tasks.models"), accelerator=True)
+@stage("train_sft", config=SFTStage, needs=("data.sft",), key_metric="train_loss", libraries=LIBRARIES,
+       uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
 def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
     """`data`: the `tokenize` stage's output for this model's tokenizer."""
-    metrics, out = trainer.run_trainer(run, "train_sft", "sft", model, data, config, "tokens.parquet")
-    adapter = config.tuner != "full"
-    return publish(run, "sft", "adapter" if adapter else "model", out, stage="train_sft", config=config,
-                   inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics,
-                   metadata={"base": base_record(model), "tuner": config.tuner} if adapter else {"tuner": "full"})
-
-
-def lora_config(spec: LoraSpec, task_type: str):
-    from peft import LoraConfig
-
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                      target_modules=spec.target_modules, task_type=task_type)
+    return trainer.run_trainer(run, model, data, config, suffix="sft", data_file="tokens.parquet")
 
 
 def run_training(job: dict) -> dict:
@@ -64,7 +53,7 @@ def run_training(job: dict) -> dict:
     model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
     args = trainer.trl_args(SFTConfig, job)  # labels come with the data: -100 where there is no loss
     dataset = load_dataset("parquet", data_files=job["data"], split="train")
-    peft = lora_config(config.lora, "CAUSAL_LM") if config.tuner != "full" else None
+    peft = config.lora.peft_config() if config.tuner != "full" else None
     sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
     metrics = trainer.train(sft, job)
     trainer.save(sft, tokenizer, job["output"])

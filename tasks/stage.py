@@ -1,8 +1,10 @@
 """What every stage shares: the run context, the digest cache policy, retries, and publishing outputs.
 
-A stage is a plain function turned into a Prefect task by `@stage(...)`:
+A stage is a plain function turned into a Prefect task by `@stage(...)`, which also declares, in one
+place, what the rest of alignflow needs to know about it (tasks/config.py: Declaration):
 
-    @stage("train_sft", libraries=("torch", "transformers", "trl", "peft"))
+    @stage("train_sft", config=SFTStage, needs=("data.sft",), key_metric="train_loss",
+           libraries=("torch", "transformers", "trl", "peft"))
     def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
         ...
 
@@ -32,6 +34,9 @@ from pydantic import BaseModel
 
 from alignflow.errors import NOT_RETRIED, TRANSIENT, TransientError
 from storage import ArtifactRef, ArtifactStore, open_store
+from tasks.config import Declaration, StageConfig
+
+DECLARATIONS: dict[str, Declaration] = {}  # every stage by task name, filled as stage modules are imported
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,11 @@ def stage_workdir(cache_dir: str, stage: str, key: str) -> Path:
 
 
 _current_stage: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("alignflow_stage")
+
+
+def current_stage() -> tuple[str, str]:
+    """(name, cache key) of the stage running in this context."""
+    return _current_stage.get()
 
 
 def canonical(value: Any) -> Any:
@@ -221,11 +231,18 @@ def library_output(run: RunContext | None, stage: str):
 
 
 def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = (), cached: bool = True,
-          accelerator: bool = False) -> Callable:
+          accelerator: bool = False, config: type[StageConfig] | None = None, needs: tuple[str, ...] = (),
+          key_metric: str | None = None) -> Callable:
     """Make `fn` a retried Prefect task keyed on content (or never cached, for `cached=False`).
 
     `uses`: modules besides the stage's own whose code shapes its result (e.g. "tasks.trainer").
-    `accelerator`: the stage holds a slot of the run's accelerator concurrency limit while it works."""
+    `accelerator`: the stage holds a slot of the run's accelerator concurrency limit while it works.
+    `config`, `needs`, `key_metric`: the stage's declaration (tasks/config.py: Declaration); the config class
+    learns it too, so the spec checks a stage's needs from its settings alone."""
+    declaration = Declaration(name, tuple(libraries), tuple(needs), key_metric)
+    DECLARATIONS[name] = declaration
+    if config is not None:
+        config.declaration = declaration
 
     def wrap(fn: Callable) -> Callable:
         code = code_version([fn.__module__, *uses])

@@ -257,7 +257,8 @@ def _settle(problems: list[str], counts: dict, config: TokenizeConfig, quarantin
                         f"({counts['no_loss']} rows lost every answer to truncation); raise max_length")
 
 
-@stage("tokenize", libraries=("transformers", "tokenizers", "pyarrow"), uses=("tasks.models",))
+@stage("tokenize", config=TokenizeConfig, key_metric="rows", libraries=("transformers", "tokenizers", "pyarrow"),
+       uses=("tasks.models",))
 def tokenize(run: RunContext, tokenizer: TokenizerRef, data: ArtifactRef, config: TokenizeConfig) -> ArtifactRef:
     from prefect import get_run_logger
 

@@ -2,13 +2,15 @@
 
 One code path covers one CPU, one GPU and many GPUs (and DeepSpeed, through accelerate's config); a
 trainer that crashes or is killed cannot take the Prefect worker down. The parent streams the child's
-progress lines into the stage's log, and classifies a failure:
+progress lines into the stage's log, copies each checkpoint to the store as it is written
+(tasks/checkpoints.py), and classifies a failure:
     - the child raised: its error (a ConfigError stays a ConfigError) is re-raised here, not retried;
-    - the child died without a word (killed, out of memory): a TransientError; the retry resumes from the
-      newest checkpoint in the stage's work folder.
+    - the child died without a word (killed, out of memory): a TransientError; the retry, on this machine
+      or another, resumes from the newest checkpoint, local or stored.
 
-Child side: `python -m tasks.trainer JOB.json` imports `tasks.<job["stage"]>` and calls its
-`run_training(job) -> metrics`.
+Every trainer stage shares the parent side, `run_trainer` (job, launch, publish, drop the checkpoints).
+Child side: `python -m tasks.trainer JOB.json` imports the stage's module and calls its
+`run_training(job) -> metrics`: a readable recipe (load, configure TRL, `train`, `save`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
 from tasks import report
+from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
 from tasks.config import StageConfig
 
 PROGRESS = "@@alignflow-progress "
@@ -42,6 +46,17 @@ class LoraSpec(StageConfig):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input during training")
     target_modules: str | list[str] = Field(
         "all-linear", description="modules that get an adapter: 'all-linear', or names such as ['q_proj', 'v_proj']")
+    use_dora: bool = Field(False, description="DoRA: learn each weight's magnitude apart from its direction "
+                                              "(closer to full fine-tuning at low rank; slower steps)")
+    use_rslora: bool = Field(False, description="rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r, "
+                                                "which keeps high ranks learning")
+
+    def peft_config(self, task_type: str = "CAUSAL_LM"):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, use_dora=self.use_dora, use_rslora=self.use_rslora,
+                          task_type=task_type)
 
 
 class TrainingStage(StageConfig):
@@ -55,15 +70,29 @@ class TrainingStage(StageConfig):
                                description="forwarded unchanged to TRL's config class (e.g. {max_steps: 100})")
 
 
+class PolicyStage(TrainingStage):
+    """What the preference methods share: the training settings, and how the policy is trained."""
+
+    tuner: Literal["lora", "full"] = Field(
+        "lora", description="lora: a new adapter on the model so far (for methods with a reference model, the "
+                            "adapter-off model is the reference: no second copy in memory); full: every weight")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora)")
+
+
 def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None,
-           log_file: Path | None = None, dashboard_key: str | None = None) -> dict:
+           log_file: Path | None = None, dashboard_key: str | None = None,
+           checkpoints: StoredCheckpoints | None = None) -> dict:
     """Run `tasks.<module>.run_training(job)` in a child process; return its metrics.
 
     Progress goes to `logger` and, with a `dashboard_key`, to a progress artifact and a loss-curve picture
-    in the Prefect dashboard; everything else the child prints (TRL, accelerate, warnings) to `log_file`."""
+    in the Prefect dashboard; everything else the child prints (TRL, accelerate, warnings) to `log_file`.
+    With `checkpoints`, a stored checkpoint newer than the local ones is restored first, and each new one
+    is stored as the trainer writes it."""
     import torch
 
     logger = logger or logging.getLogger(f"alignflow.{stage}")
+    if checkpoints:
+        checkpoints.restore(workdir / "checkpoints")
     log_file = log_file or workdir / "trainer.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     for stale in ("result.json", "failure.json", "history.json"):
@@ -86,13 +115,21 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
         for line in proc.stdout:
             if line.startswith(PROGRESS):
                 p = json.loads(line[len(PROGRESS):])
-                logger.info("%s: %s", stage, describe_progress(p, started))
-                if progress and p.get("max_steps"):
-                    progress.update(p["step"] / p["max_steps"])
+                if "checkpoint" in p:
+                    if checkpoints:
+                        checkpoints.saved(workdir / "checkpoints" / p["checkpoint"])
+                elif "resumed_from" in p:
+                    logger.info("%s: resuming from the checkpoint at step %d", stage, p["resumed_from"])
+                else:
+                    logger.info("%s: %s", stage, describe_progress(p, started))
+                    if progress and p.get("max_steps"):
+                        progress.update(p["step"] / p["max_steps"])
             elif line.strip():
                 log.write(line)
                 tail.append(line.rstrip())
         code = proc.wait()
+    if checkpoints:
+        checkpoints.wait()  # the last checkpoint is the retry's starting point: store it before failing
     if code == 0 and (workdir / "result.json").exists():
         if dashboard_key:
             show_curves(workdir, stage, dashboard_key, progress)
@@ -139,19 +176,37 @@ def describe_progress(p: dict, started: float) -> str:
     return " ".join(parts)
 
 
-def run_trainer(run, stage: str, module: str, model, data, config, data_file: str = "data.jsonl") -> tuple[dict, Path]:
-    """The parent side every trainer stage shares: materialize the model chain and the data, run
-    `tasks.<module>.run_training` in a child process, return (metrics, output folder)."""
+def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str | None = None,
+                data_file: str = "data.jsonl", metadata: dict | None = None, log=None):
+    """The parent side every trainer stage shares: materialize the model chain and the data, run the
+    stage module's `run_training` in a child process (resuming from a stored checkpoint), publish the
+    output as `<pipeline>/<suffix>` (an adapter records its base), then drop the stored checkpoints.
+
+    `kind`: the artifact's kind; by default an `adapter` for `tuner: lora|qlora`, else a `model`.
+    `log(metrics)`: a line for the stage's log once training is done."""
     from prefect import get_run_logger
 
-    from tasks.models import model_chain
+    from tasks.models import base_record, model_chain
+    from tasks.stage import DECLARATIONS, current_stage, publish
 
+    stage, key = current_stage()
+    declaration, logger = DECLARATIONS[stage], get_run_logger()
     store, workdir = run.open_store(), run.workdir()
     job = {"config": config.model_dump(), "model_chain": [str(p) for p in model_chain(store, model)],
            "data": str(store.get_dir(data) / data_file), "output": str(workdir / "output")}
-    metrics = launch(stage, module, job, workdir, get_run_logger(), run.log_file(stage),
-                     report.artifact_key(run.name, stage))
-    return metrics, workdir / "output"
+    checkpoints = StoredCheckpoints(store, workdir.name, logger)
+    metrics = launch(stage, type(config).__module__.removeprefix("tasks."), job, workdir, logger,
+                     run.log_file(stage), report.artifact_key(run.name, stage), checkpoints)
+    if log:
+        log(logger, metrics)
+    tuner = getattr(config, "tuner", "full")
+    adapter = kind is None and tuner != "full"
+    ref = publish(run, suffix, kind or ("adapter" if adapter else "model"), workdir / "output", stage=stage,
+                  config=config, inputs={"model": model, "data": data}, libraries=declaration.libraries,
+                  metrics=metrics, metadata=dict(metadata or {}, tuner=tuner,
+                                                 **({"base": base_record(model)} if adapter else {})))
+    checkpoints.drop()
+    return ref
 
 
 # ---- child side -------------------------------------------------------------------------------------
@@ -179,32 +234,85 @@ def trl_args(config_cls, job: dict, **fields):
                           "stage config") from None
 
 
+def train_policy(job: dict, config, trl_config, trl_trainer, dataset, shown: tuple[str, ...] = (), **fields) -> dict:
+    """The child side of every preference method: the policy is the model so far, with a new LoRA adapter
+    (`tuner: lora`) or every weight trainable; TRL's `trl_trainer` trains it on `dataset` with `trl_config`
+    (our defaults, then `fields`, then `trainer_args`); the result is saved. Returns the training metrics
+    and the last logged value of each `shown` metric ("rewards/margins" -> "rewards_margins")."""
+    from tasks.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(job["model_chain"])
+    model = load_causal_lm(job["model_chain"])
+    args = trl_args(trl_config, job, **fields)
+    peft = config.lora.peft_config() if config.tuner == "lora" else None
+    policy = trl_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
+    metrics = train(policy, job)
+    save(policy, tokenizer, job["output"])
+    last = {}
+    for entry in policy.state.log_history:
+        last.update({k: v for k, v in entry.items() if k in shown})
+    return {**metrics, **{k.replace("/", "_"): round(v, 4) for k, v in last.items()}}
+
+
+def preference_pairs(job: dict, method: str):
+    """The preference split as chosen/rejected pairs; unpaired rows (prompt/completion/label) are refused,
+    since only KTO learns from them."""
+    from datasets import load_dataset
+
+    pairs = load_dataset("json", data_files=job["data"], split="train")
+    if "chosen" not in pairs.column_names or None in pairs["chosen"]:
+        raise ConfigError(f"{method} trains on chosen/rejected pairs, but data.preference has unpaired rows "
+                          "(prompt/completion/label): use stages.kto for those, or give pairs", "stage config")
+    return pairs.select_columns(["prompt", "chosen", "rejected"])
+
+
+def trl_lacks(module: str, stage: str) -> list[str]:
+    """[] when the installed TRL has `module` (e.g. trl.experimental.orpo), else the problem, naming the
+    installed version and the methods every TRL here has. Cheap: finds the module without importing it."""
+    import importlib.metadata
+    import importlib.util
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental warns on import
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+    if found:
+        return []
+    return [f"stages.{stage}: the installed TRL {importlib.metadata.version('trl')} has no {module}; use stages.dpo "
+            "(its loss_type covers IPO, hinge, ...) or stages.kto, or install a TRL that has it"]
+
+
+def trl_class(module: str, name: str):
+    """A class of the installed TRL, imported quietly (trl.experimental warns on import)."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(importlib.import_module(module), name)
+
+
 def train(trainer, job: dict) -> dict:
     """Train with progress lines for the parent, resuming from the newest checkpoint if a retry left one."""
     trainer.add_callback(progress_callback())
     last = last_complete_checkpoint(Path(job["workdir"]) / "checkpoints")
-    if last:
-        print(f"resuming from {last}", flush=True)
+    if last and trainer.state.is_world_process_zero:
+        print(PROGRESS + json.dumps({"resumed_from": step_of(last)}), flush=True)
     output = trainer.train(resume_from_checkpoint=last)
     if trainer.state.is_world_process_zero:  # the parent draws the loss curve from it
         (Path(job["workdir"]) / "history.json").write_text(json.dumps(trainer.state.log_history))
     return {"train_loss": round(float(output.training_loss), 6), "steps": int(output.global_step),
-            "resumed_from_step": int(Path(last).name.split("-")[-1]) if last else 0}
+            "resumed_from_step": step_of(last) if last else 0, **final_logs(trainer.state.log_history)}
 
 
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint that was fully written. A process killed while saving leaves a folder
-    without `trainer_state.json`, which the Trainer writes last: skip it."""
-    if not folder.is_dir():
-        return None
-    candidates = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (OSError, ValueError):
-            continue
-    return None
+def final_logs(history: list[dict]) -> dict:
+    """The last logged training loss: comparable between a resumed run and an uninterrupted one (the
+    Trainer's `train_loss` averages over the steps of the last attempt only)."""
+    last = next((h for h in reversed(history) if "loss" in h and "train_loss" not in h), {})
+    return {"final_loss": round(float(last["loss"]), 6)} if "loss" in last else {}
 
 
 def save(trl_trainer, tokenizer, output: str) -> None:
@@ -227,16 +335,25 @@ def progress_callback():
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.first_step, self.t0 = state.global_step, time.monotonic()
+        first_step, t0 = None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.first_step is None:  # here, not at train begin: a resumed state is loaded in between
+                self.first_step, self.t0 = state.global_step, time.monotonic()
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:  # the checkpoint is complete: the parent may store it
+                report({"checkpoint": f"checkpoint-{state.global_step}", "step": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
                 keep = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
-                print(PROGRESS + json.dumps({
-                    "step": state.global_step, "max_steps": state.max_steps, "logs": keep,
-                    "steps_this_run": state.global_step - self.first_step,
-                    "train_seconds": time.monotonic() - self.t0}), flush=True)
+                report({"step": state.global_step, "max_steps": state.max_steps, "logs": keep,
+                        "steps_this_run": state.global_step - (self.first_step or 0),
+                        "train_seconds": time.monotonic() - self.t0})
+
+    def report(message: dict) -> None:
+        print(PROGRESS + json.dumps(message), flush=True)
 
     return Progress()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from alignflow.errors import ConfigError
@@ -80,7 +82,7 @@ def test_stage_needing_missing_data_is_refused():
 
 
 def test_override_sets_nested_typed_values():
-    raw = dict(MINIMAL)
+    raw = copy.deepcopy(MINIMAL)
     apply_override(raw, "stages.dpo.beta=0.25")
     apply_override(raw, "data.preference=builtin://reverse/preference")
     assert parse_spec(raw).stages.dpo.beta == 0.25
@@ -126,3 +128,30 @@ def test_data_sources_take_one_or_many_with_options_and_named_formats_are_checke
     assert "data.preference.format: 'hh' is not a preference format" in str(err.value)
     with pytest.raises(ConfigError, match=r"stages.evaluate: needs data.eval \(or data.eval_fraction"):
         parse_spec({"name": "x", "model": "m", "data": {"sft": "a"}, "stages": {"evaluate": {}}})
+
+
+def test_each_stage_s_declared_needs_are_checked():
+    with pytest.raises(ConfigError) as err:
+        parse_spec({**MINIMAL, "stages": {"kto": {}, "cpo": {}, "gate": {}}})
+    message = str(err.value)
+    for line in ("stages.kto: needs data.preference", "stages.cpo: needs data.preference",
+                 "stages.gate: needs stages.evaluate"):
+        assert line in message
+
+
+def test_dpo_losses_are_trl_s_names_and_weights_match_them():
+    spec = parse_spec({**MINIMAL, "data": {**MINIMAL["data"], "preference": "builtin://reverse/preference"},
+                       "stages": {"dpo": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.2]}}})
+    assert spec.stages.dpo.loss_type == ["sigmoid", "sft"]
+    with pytest.raises(ConfigError, match="stages.dpo.loss_type: 'ipoo' is not one of .*did you mean 'ipo'"):
+        parse_spec({**MINIMAL, "stages": {"dpo": {"loss_type": "ipoo"}}})
+    with pytest.raises(ConfigError, match="loss_weights has 1 entries for 2 loss types"):
+        parse_spec({**MINIMAL, "stages": {"dpo": {"loss_type": ["sigmoid", "ipo"], "loss_weights": [1.0]}}})
+
+
+def test_a_method_the_installed_trl_lacks_is_refused_before_any_work():
+    from tasks import trainer
+
+    assert trainer.trl_lacks("trl.experimental.orpo", "orpo") == []
+    problems = trainer.trl_lacks("trl.experimental.no_such_method", "orpo")
+    assert problems and "the installed TRL 1.16" in problems[0] and "use stages.dpo" in problems[0]

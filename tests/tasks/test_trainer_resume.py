@@ -1,22 +1,34 @@
-"""A trainer killed mid-run (out of memory, a pre-empted node) is reported as transient, and the retry
-resumes from its newest checkpoint instead of step 0."""
+"""A trainer killed mid-run (out of memory, a pre-empted node) is reported as transient, and the retry,
+on this machine or on another with an empty cache, resumes from the newest checkpoint instead of step 0."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import shutil
 import subprocess
 
 import pytest
 
 from alignflow.errors import ConfigError, TransientError
+from storage import open_store
 from tasks import trainer
 from tasks.builtin import reverse_task
+from tasks.checkpoints import StoredCheckpoints
 from tasks.download import fetch_model
 from tasks.sft import SFTStage
 
 pytestmark = pytest.mark.slow
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 class KillAtStep(logging.Handler):
@@ -52,21 +64,41 @@ def sft_job(tmp_path, **config) -> tuple[dict, object]:
             "output": str(workdir / "output")}, workdir
 
 
-def test_killed_trainer_is_transient_and_the_retry_resumes(tmp_path):
+def test_killed_trainer_resumes_on_another_machine_from_the_stored_checkpoint(tmp_path):
+    """SIGKILL mid-run, then the whole local work folder gone (a retry on another machine): the retry
+    restores the newest stored checkpoint, ends at the same optimizer step as an uninterrupted run, with
+    the same final loss; the store keeps only the newest checkpoint, and none once told to drop them."""
     job, workdir = sft_job(tmp_path, trainer_args={"save_steps": 0.1, "logging_steps": 0.05})
-    logger = logging.getLogger("test.resume")
+    store = open_store(str(tmp_path / "store"), tmp_path / "cache")
+    logger, lines = logging.getLogger("test.resume"), Lines()
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+
+    uninterrupted = trainer.launch("train_sft", "sft", job, tmp_path / "work-uninterrupted", logger)
+
     killer = KillAtStep(str(workdir / "job.json"), at=50)
     logger.addHandler(killer)
-    logger.setLevel(logging.INFO)
     with pytest.raises(TransientError, match="resumes from the last checkpoint"):
-        trainer.launch("train_sft", "sft", job, workdir, logger)
-    assert killer.killed_at is not None
+        trainer.launch("train_sft", "sft", job, workdir, logger, checkpoints=StoredCheckpoints(store, "sft-k", logger))
     logger.removeHandler(killer)
+    stored = StoredCheckpoints(store, "sft-k", logger).latest()
+    assert killer.killed_at and 0 < stored["step"] <= killer.killed_at
+    kept = {key.split("/")[2] for key in store.backend.list("checkpoints/sft-k/")}
+    assert kept == {str(stored["step"]), "latest.json"}  # the newest complete checkpoint only
 
-    metrics = trainer.launch("train_sft", "sft", job, workdir, logger)
-    assert 0 < metrics["resumed_from_step"] <= killer.killed_at
-    assert metrics["steps"] == 100  # 800 rows / 16 per step * 2 epochs: the run finished where it should
+    shutil.rmtree(workdir)  # another machine: nothing local survives
+    workdir.mkdir()
+    lines.lines.clear()
+    checkpoints = StoredCheckpoints(store, "sft-k", logger)
+    resumed = trainer.launch("train_sft", "sft", job, workdir, logger, checkpoints=checkpoints)
+    assert f"restored the checkpoint at step {stored['step']} from" in " ".join(lines.lines)
+    assert f"train_sft: resuming from the checkpoint at step {stored['step']}" in lines.lines
+    assert resumed["resumed_from_step"] == stored["step"]
+    assert resumed["steps"] == uninterrupted["steps"] == 100  # 800 rows / 16 per step * 2 epochs
+    assert resumed["final_loss"] == pytest.approx(uninterrupted["final_loss"], abs=0.02)
     assert (workdir / "output" / "model.safetensors").exists()
+    checkpoints.drop()
+    assert store.backend.list("checkpoints/") == []
 
 
 def test_bad_trainer_argument_is_a_config_error(tmp_path):
