@@ -21,10 +21,14 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
     from flows import spec
 
     stages = [(f"`stages.{name}`", _model(field.annotation)) for name, field in spec.Stages.model_fields.items()]
+    from tasks.grpo import GRPORewards
+    from tasks.sample import SampleSpec
+    from tasks.score import ScoreSpec
     from tasks.trainer import LoraSpec
 
     return [("Top level", spec.PipelineSpec), ("`data`", spec.DataSpec), *stages,
-            ("`stages.<sft|dpo|kto|orpo|cpo>.lora`", LoraSpec),
+            ("`stages.<sft|dpo|kto|orpo|cpo|grpo>.lora`", LoraSpec), ("`stages.dpo.sampling`", SampleSpec),
+            ("`stages.dpo.scoring`", ScoreSpec), ("`stages.grpo.rewards`", GRPORewards),
             ("`retry`", spec.RetrySpec), ("`service`", spec.ServiceSpec), ("`service.nightly`", spec.ScheduleSpec),
             ("`service.watch`", spec.WatchSpec)]
 

@@ -1,11 +1,12 @@
 """The post-training flow: base model and raw data in, an evaluated, gated, served model out.
 
     download_model -> convert_dataset (sft, preference, eval) -> tokenize -> train_sft -> train_reward_model
-      -> preference methods (train_dpo | train_kto | train_orpo | train_cpo) -> merge -> quantize
-      -> evaluate (candidate and base) -> gate -> deploy
+      -> preference methods (train_dpo | train_kto | train_orpo | train_cpo; on-policy pairs: sample -> score)
+      -> train_grpo -> merge -> quantize -> evaluate (candidate and base)
+      -> judge (the reward model: candidate vs the SFT policy) -> gate -> deploy
 
 Stages absent from the spec are skipped; each stage receives the newest model so far, so the spec picks
-the shape: SFT alone, SFT then DPO, KTO instead of DPO, ORPO on the base model. Every stage is a
+the shape: SFT alone, SFT then DPO, SFT then GRPO, KTO instead of DPO, ORPO on the base model. Every stage is a
 cached, retried task (tasks/stage.py); this file only orchestrates. Its parameters are typed, so the
 Prefect dashboard renders the spec as a run form; what the form sends is validated like a YAML file.
 """
@@ -29,11 +30,15 @@ from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
 from tasks.evaluate import evaluate
 from tasks.gate import PRODUCTION, gate
+from tasks.grpo import train_grpo
+from tasks.judge import judge
 from tasks.kto import train_kto
 from tasks.merge import merge
 from tasks.orpo import train_orpo
 from tasks.quantize import quantize
 from tasks.reward import train_reward_model
+from tasks.sample import sample
+from tasks.score import score
 from tasks.sft import train_sft
 from tasks.stage import RunContext
 from tasks.tokens import tokenize, tokenizer_ref
@@ -59,17 +64,18 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
                                     "steps": steps.rows}
     base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
     data = convert_all(steps, run, spec, dataset)
-    model = base
+    sft = model = base
     if stages.sft:
         tokens = steps.run(tokenize, run, tokenizer_ref(run.open_store(), model), data["sft"],
                            stages.sft.tokenize_config(spec.data.on_bad_rows))
-        model = steps.run(train_sft, run, model, tokens, stages.sft)
-    if stages.reward:
-        steps.run(train_reward_model, run, model, data["preference"], stages.reward)
-    model = align(steps, run, train_dpo, stages.dpo, model, data)
-    model = align(steps, run, train_kto, stages.kto, model, data)
-    model = align(steps, run, train_orpo, stages.orpo, model, data)
-    model = align(steps, run, train_cpo, stages.cpo, model, data)
+        sft = model = steps.run(train_sft, run, model, tokens, stages.sft)
+    reward = steps.run(train_reward_model, run, model, data["preference"], stages.reward) if stages.reward else None
+    model = align(steps, run, train_dpo, stages.dpo, model, data, reward)
+    model = align(steps, run, train_kto, stages.kto, model, data, reward)
+    model = align(steps, run, train_orpo, stages.orpo, model, data, reward)
+    model = align(steps, run, train_cpo, stages.cpo, model, data, reward)
+    if stages.grpo:  # reinforcement: the reward model (and rules) score the policy's own answers
+        model = steps.run(train_grpo, run, model, data[stages.grpo.prompts], reward, stages.grpo)
     if model.kind == "adapter":
         model = steps.run(merge, run, model, any_split(data), stages.merge)
     if stages.quantize and stages.quantize.method != "none":
@@ -83,8 +89,12 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
         base_report = steps.run(evaluate, run, base, data["eval"], stages.evaluate, "base", label="evaluate[base]")
         summary["scores"] = {"metric": report.metrics["metric"], "candidate": report.metrics["score"],
                              "base": base_report.metrics["score"]}
+        judged = None
+        if reward and model.digest != sft.digest:  # the reward model's verdict: candidate vs SFT policy
+            judged = steps.run(judge, run, model, sft, reward, data["eval"], stages.judge)
+            summary["scores"]["win_rate"] = judged.metrics["win_rate"]
         if stages.gate:
-            decision = steps.run(gate, run, report, base_report, stages.gate)
+            decision = steps.run(gate, run, report, base_report, stages.gate, judged)
             steps.later(show_scores, run, report, base_report, decision)
             if not decision["passed"]:
                 return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
@@ -93,10 +103,19 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     return summary
 
 
-def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, data: dict) -> ArtifactRef:
+def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, data: dict,
+          reward: ArtifactRef | None) -> ArtifactRef:
     """A preference method on the model so far, when the spec sets it; the model it returns is the new
-    policy (an adapter on `model`, or full weights)."""
-    return steps.run(method, run, model, data["preference"], config) if config is not None else model
+    policy (an adapter on `model`, or full weights). With `pairs: on_policy|mixed`, its pairs are the
+    policy's own answers, sampled and rated by the reward model first."""
+    if config is None:
+        return model
+    pairs = data["preference"]
+    if getattr(config, "pairs", "offline") != "offline":
+        samples = steps.run(sample, run, model, data["preference"], config.sampling)
+        pairs = steps.run(score, run, samples, reward, model, data["preference"] if config.pairs == "mixed" else None,
+                          config.scoring)
+    return steps.run(method, run, model, pairs, config)
 
 
 def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model: ArtifactRef,
@@ -158,8 +177,11 @@ def pinned_value(items: list) -> str | list:
     return plain[0] if len(plain) == 1 and isinstance(plain[0], str) else plain
 
 
+ALWAYS_SET = ("merge", "judge")  # settings for stages that run whenever they apply
+
+
 def stage_names(spec: PipelineSpec) -> list[str]:
-    return [name for name, config in spec.stages if config is not None and name != "merge"]
+    return [name for name, config in spec.stages if config is not None and name not in ALWAYS_SET]
 
 
 def show_scores(run: RunContext, report: ArtifactRef, base: ArtifactRef, decision: dict) -> None:

@@ -29,6 +29,8 @@ from tasks.deploy import DeployStage
 from tasks.dpo import DPOStage
 from tasks.evaluate import EvaluateStage
 from tasks.gate import GateStage
+from tasks.grpo import GRPOStage
+from tasks.judge import JudgeStage
 from tasks.kto import KTOStage
 from tasks.merge import MergeStage
 from tasks.orpo import ORPOStage
@@ -50,9 +52,13 @@ class Stages(StageConfig):
                                                       "unpaired rows)")
     orpo: Optional[ORPOStage] = Field(None, description="ORPO, reference-free (needs data.preference)")
     cpo: Optional[CPOStage] = Field(None, description="CPO or SimPO, reference-free (needs data.preference)")
+    grpo: Optional[GRPOStage] = Field(None, description="GRPO with the reward model and rule-based rewards")
     merge: MergeStage = Field(default_factory=MergeStage, description="folds adapters into full weights")
     quantize: Optional[QuantizeStage] = Field(None, description="post-training quantization")
     evaluate: Optional[EvaluateStage] = Field(None, description="EvalScope on the eval split (needs data.eval)")
+    judge: JudgeStage = Field(default_factory=JudgeStage, description="the reward model's win rate of the candidate "
+                                                                      "over the SFT policy (runs with stages.reward "
+                                                                      "and stages.evaluate)")
     gate: Optional[GateStage] = Field(None, description="rules a candidate must pass to replace production")
     deploy: Optional[DeployStage] = Field(None, description="serve the result behind vLLM")
 

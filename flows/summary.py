@@ -114,6 +114,9 @@ def render(summary: dict) -> str:
     if scores:
         out += ["", f"eval ({scores['metric']}): base {scores['base']:.3f}  ->  candidate {scores['candidate']:.3f}"
                     f"  ({scores['candidate'] - scores['base']:+.3f})"]
+        if "win_rate" in scores:
+            out.append(f"reward model: the candidate wins {scores['win_rate']:.1%} of held-out prompts against the "
+                       "SFT policy")
     for reason in summary.get("reasons", []):
         out.append(f"gate: {reason}")
     if summary.get("endpoint"):

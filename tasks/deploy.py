@@ -99,8 +99,9 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def serve_python(config: DeployStage) -> str:
-    python = config.python or os.environ.get("ALIGNFLOW_SERVE_PYTHON") or str(PROJECT_ROOT / ".venv-serve/bin/python")
+def serve_python(configured: str | None = None) -> str:
+    """The serve env's python: `configured` (stages.deploy.python), $ALIGNFLOW_SERVE_PYTHON, or .venv-serve."""
+    python = configured or os.environ.get("ALIGNFLOW_SERVE_PYTHON") or str(PROJECT_ROOT / ".venv-serve/bin/python")
     if not Path(python).exists():
         raise ConfigError(f"stages.deploy.python: the serve env's python {python} does not exist; run `make setup` "
                           "(it creates .venv-serve with vLLM) or point stages.deploy.python / "
@@ -158,7 +159,7 @@ def smoke_test(endpoint: str, name: str, prompt: str) -> dict:
 def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logger) -> dict:
     model_dir = run.open_store().get_dir(model)
     port = config.port or free_port(config.host)
-    cmd = server_command(serve_python(config), model_dir, run.name, config.host, port, config)
+    cmd = server_command(serve_python(config.python), model_dir, run.name, config.host, port, config)
     log_path = state_dir() / f"{run.name}-{model.short_digest}-{port}.log"
     logger.info("deploy: starting vLLM for %s on %s:%d (log: %s)", model.label, config.host, port, log_path)
     with open(log_path, "ab") as log:

@@ -2,8 +2,10 @@
 
 With `tuner: lora` the policy is a new LoRA adapter on the SFT weights, and the reference model is those
 same weights with the adapter disabled (no second copy in memory). `loss_type` picks any of TRL's DPO
-losses (IPO, hinge, robust, ...), or a weighted mixture of several (MPO). Output: an `adapter` artifact
-whose base is the SFT artifact (or a full `model` with `tuner: full`).
+losses (IPO, hinge, robust, ...), or a weighted mixture of several (MPO). `pairs` picks the data: the
+preference split (offline), pairs the policy itself produced, rated by the reward model (on_policy: the
+`sample` and `score` stages run first), or both (mixed). Output: an `adapter` artifact whose base is the
+SFT artifact (or a full `model` with `tuner: full`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pydantic import Field, model_validator
 
 from storage import ArtifactRef
 from tasks import trainer
+from tasks.sample import SampleSpec
+from tasks.score import ScoreSpec
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
@@ -32,6 +36,14 @@ class DPOStage(PolicyStage):
     loss_type: DPOLoss | list[DPOLoss] = Field(
         "sigmoid", description="TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...; a list mixes several")
     loss_weights: Optional[list[float]] = Field(None, description="one weight per loss_type entry (default: 1 each)")
+    pairs: Literal["offline", "on_policy", "mixed"] = Field(
+        "offline", description="offline: the preference split; on_policy: the policy's own answers to the split's "
+                               "prompts, best vs worst by the reward model (needs stages.reward); mixed: both")
+    sampling: SampleSpec = Field(default_factory=SampleSpec, description="how on-policy answers are drawn")
+    scoring: ScoreSpec = Field(default_factory=ScoreSpec, description="how on-policy answers become pairs")
+
+    def needs(self) -> tuple[str, ...]:
+        return ("data.preference",) + (("stages.reward",) if self.pairs != "offline" else ())
 
     @model_validator(mode="after")
     def _weights_match(self) -> "DPOStage":

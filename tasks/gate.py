@@ -4,12 +4,15 @@ Rules (all must hold; each failure is listed in the decision's reasons):
     score >= min_score
     score - base score >= min_gain_over_base
     score >= production score - max_regression    (when a model is in production)
+    reward-model win rate over the SFT policy >= min_win_rate    (when set; the `judge` stage measures it)
 Never cached: production moves between runs. The decision is a plain dict the flow reports; it names
 the production version it judged against, and the flow promotes the candidate only if production still
 points there (compare-and-swap), so two runs that pass at once never lose an update.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 from pydantic import Field
 
@@ -27,6 +30,12 @@ class GateStage(StageConfig):
     min_gain_over_base: float = Field(0.0, ge=-1, le=1, description="... beat the base model by at least this")
     max_regression: float = Field(0.0, ge=0, le=1, description="... and not fall below production's score by "
                                                                "more than this")
+    min_win_rate: Optional[float] = Field(None, ge=0, le=1, description="... and win at least this share of "
+                                                                        "held-out prompts against the SFT policy, "
+                                                                        "by the reward model (needs stages.reward)")
+
+    def needs(self) -> tuple[str, ...]:
+        return ("stages.evaluate",) + (("stages.reward",) if self.min_win_rate is not None else ())
 
 
 def production_report(run: RunContext) -> ArtifactRef | None:
@@ -34,7 +43,8 @@ def production_report(run: RunContext) -> ArtifactRef | None:
     return store.ref(name, PRODUCTION) if store.alias_target(name, PRODUCTION) is not None else None
 
 
-def decide(score: float, base: float, production: float | None, config: GateStage) -> list[str]:
+def decide(score: float, base: float, production: float | None, config: GateStage,
+           win_rate: float | None = None) -> list[str]:
     """>>> decide(0.5, 0.3, None, GateStage(min_score=0.6))
     ['score 0.500 is below min_score 0.600']"""
     reasons = []
@@ -46,18 +56,24 @@ def decide(score: float, base: float, production: float | None, config: GateStag
     if production is not None and score < production - config.max_regression:
         reasons.append(f"score {score:.3f} is below production's {production:.3f} by more than max_regression "
                        f"{config.max_regression:.3f}")
+    if config.min_win_rate is not None and (win_rate is None or win_rate < config.min_win_rate):
+        measured = "was not measured (no judge report)" if win_rate is None else f"{win_rate:.3f}"
+        reasons.append(f"win rate over the SFT policy {measured} is below min_win_rate {config.min_win_rate:.3f}")
     return reasons
 
 
 @stage("gate", config=GateStage, needs=("stages.evaluate",), cached=False)
-def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: GateStage) -> dict:
+def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: GateStage,
+         judged: Optional[ArtifactRef] = None) -> dict:
+    """`judged`: the judge stage's report (the reward model's win rate), when the pipeline has one."""
     from prefect import get_run_logger
 
     production = production_report(run)
     prod_score = production.metrics["score"] if production else None
-    reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config)
+    win_rate = judged.metrics["win_rate"] if judged else None
+    reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config, win_rate)
     decision = {"passed": not reasons, "reasons": reasons, "score": candidate.metrics["score"],
-                "base_score": base.metrics["score"], "production_score": prod_score,
+                "base_score": base.metrics["score"], "production_score": prod_score, "win_rate": win_rate,
                 "production": production.label if production else None,
                 "production_version": production.version if production else None}
     get_run_logger().info("gate: %s%s", "passed" if not reasons else "rejected: ", "; ".join(reasons))

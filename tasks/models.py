@@ -57,14 +57,15 @@ def materialize(chain: list[str | Path], dest: Path) -> Path:
     return dest
 
 
-def chat_texts(data_file: Path, tokenizer, limit: int, with_answers: bool = True) -> list[str]:
-    """Render up to `limit` rows of any canonical split (sft, preference, eval) with the chat template."""
+def conversations(data_file: Path, limit: int | None = None, with_answers: bool = True) -> list[list[dict]]:
+    """Up to `limit` rows of any canonical split (sft, preference, eval) as message lists; without answers,
+    each ends with the turn an assistant would answer."""
     import json
 
-    texts = []
+    out = []
     with open(data_file, encoding="utf-8") as f:
         for line in f:
-            if len(texts) >= limit:
+            if limit is not None and len(out) >= limit:
                 break
             row = json.loads(line)
             if "messages" in row:
@@ -72,11 +73,22 @@ def chat_texts(data_file: Path, tokenizer, limit: int, with_answers: bool = True
             elif "prompt" in row:
                 messages = row["prompt"] + ((row.get("chosen") or row["completion"]) if with_answers else [])
             else:
-                messages = [{"role": "user", "content": row["question"]}]
+                messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+                messages += [{"role": "user", "content": row["question"]}]
                 messages += [{"role": "assistant", "content": row["answer"]}] if with_answers else []
-            last_is_user = messages[-1]["role"] != "assistant"
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=last_is_user))
-    return texts
+            out.append(messages)
+    return out
+
+
+def render(tokenizer, messages: list[dict]) -> str:
+    """A conversation as the model reads it; one that ends on a user turn gets the generation prompt."""
+    last_is_user = messages[-1]["role"] != "assistant"
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=last_is_user)
+
+
+def chat_texts(data_file: Path, tokenizer, limit: int, with_answers: bool = True) -> list[str]:
+    """Render up to `limit` rows of any canonical split (sft, preference, eval) with the chat template."""
+    return [render(tokenizer, messages) for messages in conversations(data_file, limit, with_answers)]
 
 
 def first_question(data_file: Path) -> str:

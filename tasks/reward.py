@@ -31,7 +31,8 @@ class RewardStage(TrainingStage):
 @stage("train_reward_model", config=RewardStage, needs=("data.preference",), key_metric="pairwise_accuracy",
        libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
 def train_reward_model(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: RewardStage) -> ArtifactRef:
-    return trainer.run_trainer(run, model, data, config, suffix="reward", kind="reward_model", log=lambda logger, m:
+    return trainer.run_trainer(run, model, data, config, suffix="reward", kind="reward_model",
+                               metadata={"max_length": config.max_length}, log=lambda logger, m:
                                logger.info("reward model: held-out pairwise accuracy %.3f on %d pairs",
                                            m["pairwise_accuracy"], m["eval_pairs"]))
 
@@ -59,16 +60,31 @@ def run_training(job: dict) -> dict:
 
 def pairwise_accuracy(model, tokenizer, pairs, max_length: int) -> dict:
     """Share of pairs where the model scores chosen above rejected."""
+    chosen = rewards(model, tokenizer, [row["prompt"] + row["chosen"] for row in pairs], max_length)
+    rejected = rewards(model, tokenizer, [row["prompt"] + row["rejected"] for row in pairs], max_length)
+    wins = sum(c > r for c, r in zip(chosen, rejected))
+    return {"pairwise_accuracy": round(wins / max(len(pairs), 1), 4), "eval_pairs": len(pairs)}
+
+
+def load_reward_model(folder):
+    """(model, tokenizer) of a `reward_model` artifact's folder, ready to score."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def rewards(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 16) -> list[float]:
+    """The reward model's score of each conversation (prompt turns plus the answer), as it was trained:
+    the chat template's text, truncated to `max_length` tokens."""
     import torch
 
     model.eval()
-    wins = 0
+    scores: list[float] = []
     with torch.no_grad():
-        for row in pairs:
-            texts = [tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)
-                     for side in ("chosen", "rejected")]
+        for start in range(0, len(conversations), batch_size):
+            texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start:start + batch_size]]
             batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                               max_length=max_length).to(model.device)
-            scores = model(**batch).logits.squeeze(-1)
-            wins += int(scores[0] > scores[1])
-    return {"pairwise_accuracy": round(wins / max(len(pairs), 1), 4), "eval_pairs": len(pairs)}
+            scores += model(**batch).logits.squeeze(-1).float().tolist()
+    return scores

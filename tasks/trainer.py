@@ -26,15 +26,16 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
+from storage.store import default_cache_dir
 from tasks import report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
 from tasks.config import StageConfig
 
 PROGRESS = "@@alignflow-progress "
-PROGRESS_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "mean_token_accuracy", "learning_rate")
+PROGRESS_KEYS = ("loss", "reward", "rewards/margins", "rewards/accuracies", "mean_token_accuracy", "learning_rate")
 SEED = 42
 
 
@@ -59,6 +60,27 @@ class LoraSpec(StageConfig):
                           task_type=task_type)
 
 
+class Resources(StageConfig):
+    """How wide a trainer runs: processes through `accelerate launch`, sharding through DeepSpeed or FSDP."""
+
+    processes: int = Field(0, ge=0, le=4096, description="training processes per machine (0: one per GPU, or one "
+                                                         "on a CPU host)")
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none", description="DeepSpeed ZeRO: zero2 shards optimizer state and gradients across processes, zero3 the "
+                            "weights too (saved gathered, as one model)")
+    fsdp: Literal["none", "full_shard", "shard_grad_op", "hybrid_shard"] = Field(
+        "none", description="PyTorch FSDP sharding instead of DeepSpeed (GPU hosts)")
+    machines: int = Field(1, ge=1, le=1024, description="machines that train together; each runs the stage with "
+                                                        "ALIGNFLOW_MACHINE_RANK and ALIGNFLOW_MAIN_PROCESS=host:port "
+                                                        "set (docs/OPERATIONS.md)")
+
+    @model_validator(mode="after")
+    def _one_sharding(self) -> "Resources":
+        if self.deepspeed != "none" and self.fsdp != "none":
+            raise ValueError("deepspeed and fsdp both shard the model; choose one")
+        return self
+
+
 class TrainingStage(StageConfig):
     """What every trainer stage shares. Anything else TRL's config takes goes through `trainer_args`."""
 
@@ -68,6 +90,7 @@ class TrainingStage(StageConfig):
     max_length: int = Field(1024, ge=8, le=1048576, description="tokens per row; longer rows are truncated")
     trainer_args: dict = Field(default_factory=dict,
                                description="forwarded unchanged to TRL's config class (e.g. {max_steps: 100})")
+    resources: Resources = Field(default_factory=Resources, description="processes, machines, DeepSpeed or FSDP")
 
 
 class PolicyStage(TrainingStage):
@@ -100,10 +123,10 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     job = dict(job, stage=stage, stage_module=module, workdir=str(workdir))
     (workdir / "job.json").write_text(json.dumps(job, indent=2))
     gpus = torch.cuda.device_count()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
-           "--num_processes", str(max(gpus, 1)), "--mixed_precision", "no", "--dynamo_backend", "no",
-           *([] if gpus else ["--cpu"]), "-m", "tasks.trainer", str(workdir / "job.json")]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           *launch_flags(job["config"].get("resources") or {}, gpus), "-m", "tasks.trainer", str(workdir / "job.json")]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(default_cache_dir() / "torch_extensions"))  # DeepSpeed's built ops
     if not gpus:
         env.setdefault("DS_ACCELERATOR", "cpu")
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -135,6 +158,37 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
             show_curves(workdir, stage, dashboard_key, progress)
         return json.loads((workdir / "result.json").read_text())
     raise child_failure(stage, workdir, code, list(tail))
+
+
+def launch_flags(resources: dict, gpus: int) -> list[str]:
+    """`accelerate launch` flags for `resources` (Resources as a dict) on a host with `gpus` GPUs."""
+    per_machine = resources.get("processes") or max(gpus, 1)
+    machines = resources.get("machines", 1)
+    total = per_machine * machines
+    # accelerate's --cpu launcher starts one process unless MPI is set up; --multi_gpu is torchrun, which on a
+    # CPU host starts `total` workers that meet over gloo
+    device = ["--multi_gpu"] if total > 1 else [] if gpus else ["--cpu"]
+    flags = ["--num_machines", str(machines), "--num_processes", str(total), "--mixed_precision", "no",
+             "--dynamo_backend", "no", *device]
+    if machines > 1:
+        main = os.environ.get("ALIGNFLOW_MAIN_PROCESS", "")
+        if ":" not in main:
+            raise ConfigError("resources.machines > 1: set ALIGNFLOW_MAIN_PROCESS=host:port (machine 0's address) and "
+                              "ALIGNFLOW_MACHINE_RANK on every machine (docs/OPERATIONS.md)", "environment")
+        host, port = main.rsplit(":", 1)
+        flags += ["--machine_rank", os.environ.get("ALIGNFLOW_MACHINE_RANK", "0"), "--main_process_ip", host,
+                  "--main_process_port", port]
+    elif per_machine > 1:  # a free port: two trainers on one machine must not meet
+        flags += ["--main_process_port", str(free_port())]
+    return flags
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def show_curves(workdir: Path, stage: str, dashboard_key: str, progress) -> None:
@@ -177,13 +231,14 @@ def describe_progress(p: dict, started: float) -> str:
 
 
 def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str | None = None,
-                data_file: str = "data.jsonl", metadata: dict | None = None, log=None):
+                data_file: str = "data.jsonl", metadata: dict | None = None, extra: dict | None = None, log=None):
     """The parent side every trainer stage shares: materialize the model chain and the data, run the
     stage module's `run_training` in a child process (resuming from a stored checkpoint), publish the
     output as `<pipeline>/<suffix>` (an adapter records its base), then drop the stored checkpoints.
 
     `kind`: the artifact's kind; by default an `adapter` for `tuner: lora|qlora`, else a `model`.
-    `log(metrics)`: a line for the stage's log once training is done."""
+    `extra`: more input artifacts ({"reward_model": ref}): the job gets their folders, the lineage their names.
+    `log(logger, metrics)`: a line for the stage's log once training is done."""
     from prefect import get_run_logger
 
     from tasks.models import base_record, model_chain
@@ -192,18 +247,20 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
     stage, key = current_stage()
     declaration, logger = DECLARATIONS[stage], get_run_logger()
     store, workdir = run.open_store(), run.workdir()
+    extra = extra or {}
     job = {"config": config.model_dump(), "model_chain": [str(p) for p in model_chain(store, model)],
-           "data": str(store.get_dir(data) / data_file), "output": str(workdir / "output")}
+           "data": str(store.get_dir(data) / data_file), "output": str(workdir / "output"),
+           **{name: str(store.get_dir(ref)) for name, ref in extra.items()}}
     checkpoints = StoredCheckpoints(store, workdir.name, logger)
     metrics = launch(stage, type(config).__module__.removeprefix("tasks."), job, workdir, logger,
                      run.log_file(stage), report.artifact_key(run.name, stage), checkpoints)
     if log:
         log(logger, metrics)
-    tuner = getattr(config, "tuner", "full")
-    adapter = kind is None and tuner != "full"
+    tuner = getattr(config, "tuner", None)
+    adapter = kind is None and tuner not in (None, "full")
     ref = publish(run, suffix, kind or ("adapter" if adapter else "model"), workdir / "output", stage=stage,
-                  config=config, inputs={"model": model, "data": data}, libraries=declaration.libraries,
-                  metrics=metrics, metadata=dict(metadata or {}, tuner=tuner,
+                  config=config, inputs={"model": model, "data": data, **extra}, libraries=declaration.libraries,
+                  metrics=metrics, metadata=dict(metadata or {}, **({"tuner": tuner} if tuner else {}),
                                                  **({"base": base_record(model)} if adapter else {})))
     checkpoints.drop()
     return ref
@@ -213,6 +270,8 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
 
 def trl_args(config_cls, job: dict, **fields):
     """A TRL config from the stage config: our defaults, then the stage's fields, then `trainer_args`."""
+    import dataclasses
+
     import torch
 
     cfg, cuda = job["config"], torch.cuda.is_available()
@@ -225,6 +284,13 @@ def trl_args(config_cls, job: dict, **fields):
         logging_steps=0.05, save_strategy="steps", save_steps=0.2, save_total_limit=2,  # fractions of the run
         report_to=[], disable_tqdm=True, seed=SEED, dataloader_num_workers=0,
     )
+    resources = cfg.get("resources") or {}
+    if resources.get("deepspeed", "none") != "none":
+        args["deepspeed"] = deepspeed_config(resources["deepspeed"])
+    if resources.get("fsdp", "none") != "none":
+        args["fsdp"] = f"{resources['fsdp']} auto_wrap"
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    args = {k: v for k, v in args.items() if k in known}  # e.g. GRPOConfig has no max_length
     args.update(fields)
     args.update(cfg.get("trainer_args") or {})
     try:
@@ -234,18 +300,31 @@ def trl_args(config_cls, job: dict, **fields):
                           "stage config") from None
 
 
-def train_policy(job: dict, config, trl_config, trl_trainer, dataset, shown: tuple[str, ...] = (), **fields) -> dict:
+def deepspeed_config(zero: str) -> dict:
+    """DeepSpeed's config for ZeRO stage 2 or 3; "auto" values are filled in from the Trainer's arguments."""
+    stage = {"zero2": 2, "zero3": 3}[zero]
+    optimization = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+    if stage == 3:  # one model.safetensors on save, not shards per process
+        optimization["stage3_gather_16bit_weights_on_model_save"] = True
+    return {"zero_optimization": optimization, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
+
+
+def train_policy(job: dict, config, trl_config, trl_trainer, dataset, shown: tuple[str, ...] = (),
+                 trainer_kwargs: dict | None = None, **fields) -> dict:
     """The child side of every preference method: the policy is the model so far, with a new LoRA adapter
-    (`tuner: lora`) or every weight trainable; TRL's `trl_trainer` trains it on `dataset` with `trl_config`
-    (our defaults, then `fields`, then `trainer_args`); the result is saved. Returns the training metrics
-    and the last logged value of each `shown` metric ("rewards/margins" -> "rewards_margins")."""
+    (`tuner: lora`) or every weight trainable; TRL's `trl_trainer` (given `trainer_kwargs` too) trains it on
+    `dataset` with `trl_config` (our defaults, then `fields`, then `trainer_args`); the result is saved.
+    Returns the training metrics and the last logged value of each `shown` metric ("rewards/margins" ->
+    "rewards_margins")."""
     from tasks.models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"])
     args = trl_args(trl_config, job, **fields)
     peft = config.lora.peft_config() if config.tuner == "lora" else None
-    policy = trl_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
+    policy = trl_trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft,
+                         **(trainer_kwargs or {}))
     metrics = train(policy, job)
     save(policy, tokenizer, job["output"])
     last = {}
@@ -305,7 +384,16 @@ def train(trainer, job: dict) -> dict:
     if trainer.state.is_world_process_zero:  # the parent draws the loss curve from it
         (Path(job["workdir"]) / "history.json").write_text(json.dumps(trainer.state.log_history))
     return {"train_loss": round(float(output.training_loss), 6), "steps": int(output.global_step),
-            "resumed_from_step": step_of(last) if last else 0, **final_logs(trainer.state.log_history)}
+            "resumed_from_step": step_of(last) if last else 0, **final_logs(trainer.state.log_history),
+            **layout(trainer)}
+
+
+def layout(trainer) -> dict:
+    """How the training was spread: processes, and the ZeRO stage when DeepSpeed ran it."""
+    out = {"processes": trainer.args.world_size}
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        out["zero_stage"] = trainer.accelerator.state.deepspeed_plugin.zero_stage
+    return out
 
 
 def final_logs(history: list[dict]) -> dict:
@@ -342,7 +430,8 @@ def progress_callback():
                 self.first_step, self.t0 = state.global_step, time.monotonic()
 
         def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:  # the checkpoint is complete: the parent may store it
+            # the checkpoint is complete: the parent may store it (not the last: the output follows at once)
+            if state.is_world_process_zero and state.global_step < state.max_steps:
                 report({"checkpoint": f"checkpoint-{state.global_step}", "step": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -367,6 +456,16 @@ def describe_failure(exc: Exception) -> dict:
     return {"type": "StageError", "message": f"{type(exc).__name__}: {exc}"}
 
 
+def join_deepspeed(job: dict) -> None:
+    """On a CPU host, DeepSpeed would pick Intel's oneCCL for its collectives; start it on gloo instead."""
+    import torch
+
+    if (job["config"].get("resources") or {}).get("deepspeed", "none") != "none" and not torch.cuda.is_available():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
 def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     workdir = Path(job["workdir"])
@@ -374,6 +473,7 @@ def main(job_path: str) -> int:
     try:
         from transformers import set_seed
 
+        join_deepspeed(job)
         set_seed(SEED)  # before any model is built: a new head (the reward model's) starts the same everywhere
         module = importlib.import_module(f"tasks.{job['stage_module']}")
         metrics = module.run_training(job)

@@ -101,3 +101,22 @@ def test_pair_methods_refuse_unpaired_rows_and_name_kto(tmp_path, tiny):
     config = DPOStage(batch_size=4, max_length=64, trainer_args=FEW)
     with pytest.raises(ConfigError, match="unpaired rows .* use stages.kto"):
         run(tmp_path, tiny, "dpo", config, rows_file(tmp_path / "pref.jsonl", rows))
+
+
+def test_two_process_deepspeed_zero2_sft_trains_and_saves_one_model(tmp_path, tiny):
+    """Two trainer processes on one CPU host, ZeRO-2 over gloo: optimizer state and gradients are sharded,
+    the saved model is whole and loads like any other (DeepSpeed's CPU ops are built once, then cached)."""
+    from transformers import AutoTokenizer
+
+    from tasks.tokens import tokenize_file
+
+    sft = SFTStage(tuner="full", batch_size=4, max_length=64, trainer_args=FEW,
+                   resources={"processes": 2, "deepspeed": "zero2"})
+    rows = rows_file(tmp_path / "sft.jsonl", reverse_task.splits()["sft"][:32])
+    tokens = tmp_path / "tokens.parquet"
+    tokenize_file(AutoTokenizer.from_pretrained(tiny), rows, tokens, sft.tokenize_config("fail"),
+                  tmp_path / "quarantine.jsonl")
+    metrics, out = run(tmp_path, tiny, "sft", sft, tokens)
+    assert metrics["steps"] == 3 and metrics["processes"] == 2 and metrics["zero_stage"] == 2
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert "reverse: a b c" in answers([out])

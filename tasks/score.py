@@ -1,0 +1,85 @@
+"""Stage `score`: the reward model rates each sampled answer, and each prompt's best against its worst
+becomes an on-policy preference pair.
+
+A prompt whose best and worst answers are closer than `min_margin` (or identical) teaches nothing: it is
+dropped and counted (`ties`). With `pairs: mixed` the offline pairs are added after the on-policy ones.
+Output: `<pipeline>/data-on-policy` (kind `dataset`, canonical preference rows in data.jsonl, report.json)
+whose metadata names the policy, the reward model and the sampling settings.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Optional
+
+from pydantic import Field
+
+from alignflow.errors import DataError
+from storage import ArtifactRef
+from tasks.config import StageConfig
+from tasks.models import base_record
+from tasks.stage import RunContext, publish, stage
+
+LIBRARIES = ("torch", "transformers")
+
+
+class ScoreSpec(StageConfig):
+    """How sampled answers become pairs."""
+
+    min_margin: float = Field(0.0, ge=0, le=1000, description="best and worst rewards must differ by more than "
+                                                              "this; closer prompts are ties, dropped and counted")
+    batch_size: int = Field(16, ge=1, le=4096, description="answers scored at once")
+
+
+@stage("score", config=ScoreSpec, key_metric="pairs", libraries=LIBRARIES, uses=("tasks.reward",), accelerator=True)
+def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: ArtifactRef,
+          offline: Optional[ArtifactRef], config: ScoreSpec) -> ArtifactRef:
+    """`policy`: the model that was sampled (named in the lineage); `offline`: pairs to add (pairs: mixed)."""
+    from prefect import get_run_logger
+
+    from tasks.reward import load_reward_model, rewards
+
+    store, out = run.open_store(), run.workdir() / "output"
+    model, tokenizer = load_reward_model(store.get_dir(reward))
+    max_length = store.manifest(reward.digest)["metadata"].get("max_length", 1024)
+    with open(store.get_dir(samples) / "samples.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    answers = [row["prompt"] + [{"role": "assistant", "content": a}] for row in rows for a in row["completions"]]
+    scores = rewards(model, tokenizer, answers, max_length, config.batch_size)
+    pairs, margins, ties, start = [], [], 0, 0
+    for row in rows:
+        k = len(row["completions"])
+        rated = sorted(zip(scores[start:start + k], row["completions"]), key=lambda pair: pair[0])
+        start += k
+        (low, worst), (high, best) = rated[0], rated[-1]
+        if high - low <= config.min_margin or best == worst:
+            ties += 1
+            continue
+        margins.append(high - low)
+        pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": best}],
+                      "rejected": [{"role": "assistant", "content": worst}]})
+    if not pairs:
+        raise DataError(f"score: all {len(rows)} prompts were ties (best and worst answers within min_margin "
+                        f"{config.min_margin:g} of each other); sample more varied answers (stages.dpo.sampling: "
+                        "higher temperature or k) or lower stages.dpo.scoring.min_margin")
+    offline_rows = (store.get_dir(offline) / "data.jsonl").read_text(encoding="utf-8") if offline else ""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "data.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
+        f.write(offline_rows)
+    metrics = {"rows": len(pairs) + offline_rows.count("\n"), "pairs": len(pairs), "ties": ties,
+               "reward_margin_mean": round(statistics.fmean(margins), 4),
+               "reward_mean": round(statistics.fmean(scores), 4)}
+    (out / "report.json").write_text(json.dumps(metrics, indent=2))
+    get_run_logger().info("score: %d on-policy pairs from %d prompts (%d ties dropped), mean margin %.3f%s",
+                          len(pairs), len(rows), ties, metrics["reward_margin_mean"],
+                          f", plus {metrics['rows'] - len(pairs)} offline pairs" if offline else "")
+    sampling = store.manifest(samples.digest)["metadata"]
+    return publish(run, "data-on-policy", "dataset", out, stage="score", config=config,
+                   inputs={"samples": samples, "reward_model": reward, "policy": policy,
+                           **({"offline": offline} if offline else {})},
+                   libraries=LIBRARIES, metrics=metrics,
+                   metadata={"policy": base_record(policy), "reward_model": base_record(reward),
+                             "sampling": sampling.get("sampling"), "engine": sampling.get("engine"),
+                             "min_margin": config.min_margin})
