@@ -29,6 +29,8 @@ class SFTStage(TrainingStage):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora or qlora)")
     loss_on: LossOn = Field("assistant", description="tokens that carry loss: assistant (every assistant turn), "
                                                      "last_assistant, or all (prompts too)")
+    packing: bool = Field(False, description="pack rows into max_length sequences without padding (best-fit "
+                                             "decreasing; attention stays within each row, the loss mask with it)")
 
     def tokenize_config(self, on_bad_rows: str) -> TokenizeConfig:
         return TokenizeConfig(loss_on=self.loss_on, max_length=self.max_length, on_bad_rows=on_bad_rows)
@@ -43,6 +45,14 @@ def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SF
 
 def run_training(job: dict) -> dict:
     """Child process: train and save into job["output"]."""
+    sft, tokenizer = sft_trainer(job)
+    metrics = trainer.train(sft, job)
+    trainer.save(sft, tokenizer, job["output"])
+    return metrics
+
+
+def sft_trainer(job: dict):
+    """(TRL's SFTTrainer ready to train, the tokenizer) for a job."""
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -51,13 +61,12 @@ def run_training(job: dict) -> dict:
     config = SFTStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
-    args = trainer.trl_args(SFTConfig, job)  # labels come with the data: -100 where there is no loss
+    # labels come with the data (-100 where there is no loss); packing moves them with their tokens
+    args = trainer.trl_args(SFTConfig, job, packing=config.packing, packing_strategy="bfd")
     dataset = load_dataset("parquet", data_files=job["data"], split="train")
     peft = config.lora.peft_config() if config.tuner != "full" else None
     sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
-    metrics = trainer.train(sft, job)
-    trainer.save(sft, tokenizer, job["output"])
-    return metrics
+    return sft, tokenizer
 
 
 def quantization_kwargs(tuner: str) -> dict:

@@ -120,3 +120,33 @@ def test_two_process_deepspeed_zero2_sft_trains_and_saves_one_model(tmp_path, ti
     assert metrics["steps"] == 3 and metrics["processes"] == 2 and metrics["zero_stage"] == 2
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     assert "reverse: a b c" in answers([out])
+
+
+def test_packing_keeps_each_row_s_loss_mask_with_its_tokens_and_trains(tmp_path, tiny):
+    """Packed sequences are whole rows side by side: each row's labels travel with its tokens (the loss stays
+    on the assistant's answers), and a packed batch has no padding to compute."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from tasks.sft import sft_trainer
+    from tasks.tokens import tokenize_file
+
+    sft = SFTStage(tuner="full", batch_size=4, max_length=64, packing=True, trainer_args=FEW)
+    rows = rows_file(tmp_path / "sft.jsonl", reverse_task.splits()["sft"][:48])
+    tokens = tmp_path / "tokens.parquet"
+    tokenize_file(AutoTokenizer.from_pretrained(tiny), rows, tokens, sft.tokenize_config("fail"),
+                  tmp_path / "quarantine.jsonl")
+    original = {(tuple(r["input_ids"]), tuple(r["labels"])) for r in pq.read_table(tokens).to_pylist()}
+    job = {"config": sft.model_dump(), "model_chain": [str(tiny)], "data": str(tokens),
+           "output": str(tmp_path / "out"), "workdir": str(tmp_path)}
+    packed = sft_trainer(job)[0].train_dataset
+    assert len(packed) < len(original)  # several rows per sequence
+    unpacked = set()
+    for row in packed:
+        start = 0
+        for length in row["seq_lengths"]:
+            unpacked.add((tuple(row["input_ids"][start:start + length]), tuple(row["labels"][start:start + length])))
+            start += length
+    assert unpacked == original
+    metrics, _ = run(tmp_path, tiny, "sft", sft, tokens)
+    assert metrics["steps"] == 3 and metrics["train_loss"] > 0
