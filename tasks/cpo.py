@@ -8,7 +8,7 @@ so far (or a full `model`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -18,7 +18,6 @@ from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
-MODULE = "trl.experimental.cpo"
 
 
 class CPOStage(PolicyStage):
@@ -33,9 +32,7 @@ class CPOStage(PolicyStage):
     simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin")
     learning_rate: float = Field(1.0e-6, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
                                                                    "5% warm-up)")
-
-    def problems(self) -> list[str]:
-        return trainer.trl_lacks(MODULE, "cpo")
+    trl_module: ClassVar[Optional[str]] = "trl.experimental.cpo"
 
 
 @stage("train_cpo", config=CPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
@@ -47,7 +44,7 @@ def train_cpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: CP
 def run_training(job: dict) -> dict:
     """Child process: train and save into job["output"]."""
     config = CPOStage.model_validate(job["config"])
-    return trainer.train_policy(job, config, trainer.trl_class(MODULE, "CPOConfig"),
-                                trainer.trl_class(MODULE, "CPOTrainer"), trainer.preference_pairs(job, "cpo"),
+    return trainer.train_policy(job, config, *trainer.trl_classes(config.trl_module, "CPO"),
+                                trainer.preference_pairs(job, "cpo"),
                                 shown=("rewards/accuracies", "rewards/margins"), loss_type=config.loss_type,
                                 beta=config.beta, cpo_alpha=config.cpo_alpha, simpo_gamma=config.simpo_gamma)

@@ -7,6 +7,8 @@ an `adapter` artifact on the model so far (or a full `model`).
 
 from __future__ import annotations
 
+from typing import ClassVar, Optional
+
 from pydantic import Field
 
 from storage import ArtifactRef
@@ -15,7 +17,6 @@ from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
-MODULE = "trl.experimental.orpo"
 
 
 class ORPOStage(PolicyStage):
@@ -25,9 +26,7 @@ class ORPOStage(PolicyStage):
                                                        "(lambda in the paper)")
     learning_rate: float = Field(8.0e-6, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
                                                                    "5% warm-up)")
-
-    def problems(self) -> list[str]:
-        return trainer.trl_lacks(MODULE, "orpo")
+    trl_module: ClassVar[Optional[str]] = "trl.experimental.orpo"
 
 
 @stage("train_orpo", config=ORPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
@@ -39,6 +38,6 @@ def train_orpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: O
 def run_training(job: dict) -> dict:
     """Child process: train and save into job["output"]."""
     config = ORPOStage.model_validate(job["config"])
-    return trainer.train_policy(job, config, trainer.trl_class(MODULE, "ORPOConfig"),
-                                trainer.trl_class(MODULE, "ORPOTrainer"), trainer.preference_pairs(job, "orpo"),
-                                shown=("rewards/accuracies", "rewards/margins"), beta=config.beta)
+    return trainer.train_policy(job, config, *trainer.trl_classes(config.trl_module, "ORPO"),
+                                trainer.preference_pairs(job, "orpo"), shown=("rewards/accuracies", "rewards/margins"),
+                                beta=config.beta)

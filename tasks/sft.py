@@ -61,12 +61,37 @@ def sft_trainer(job: dict):
     config = SFTStage.model_validate(job["config"])
     tokenizer = load_tokenizer(job["model_chain"])
     model = load_causal_lm(job["model_chain"], **quantization_kwargs(config.tuner))
-    # labels come with the data (-100 where there is no loss); packing moves them with their tokens
-    args = trainer.trl_args(SFTConfig, job, packing=config.packing, packing_strategy="bfd")
+    args = trainer.trl_args(SFTConfig, job)  # labels come with the data: -100 where there is no loss
     dataset = load_dataset("parquet", data_files=job["data"], split="train")
+    collator = None
+    if config.packing:
+        dataset, collator = packed(dataset, config.max_length, tokenizer.pad_token_id)
     peft = config.lora.peft_config() if config.tuner != "full" else None
-    sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft)
+    sft = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft,
+                     data_collator=collator)
     return sft, tokenizer
+
+
+def packed(dataset, max_length: int, pad_token_id: int):
+    """Rows packed best-fit-decreasing into sequences of at most `max_length` tokens (TRL's `pack_dataset`),
+    labels moving with their tokens, and a collator that keeps each packed sequence its own batch row.
+
+    The collator gives position ids that restart at every packed row and no attention mask, so transformers
+    masks attention within each row (any attention kernel). TRL's own packing instead joins the whole batch
+    into one padding-free sequence: ideal for FlashAttention's variable-length kernels, but with SDPA (CPU,
+    and GPUs without FlashAttention) its attention costs grow with the square of the whole batch's length."""
+    from trl import pack_dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class PackedRows(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            batch.pop("attention_mask", None)  # the position ids say where each row starts
+            batch["labels"][batch["position_ids"] == 0] = -100  # no row's first token predicted from the last row
+            return batch
+
+    rows = pack_dataset(dataset.select_columns(["input_ids", "labels"]), max_length, strategy="bfd")
+    return rows, PackedRows(pad_token_id=pad_token_id, return_position_ids=True)
 
 
 def quantization_kwargs(tuner: str) -> dict:

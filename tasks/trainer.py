@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -91,6 +91,9 @@ class TrainingStage(StageConfig):
     trainer_args: dict = Field(default_factory=dict,
                                description="forwarded unchanged to TRL's config class (e.g. {max_steps: 100})")
     resources: Resources = Field(default_factory=Resources, description="processes, machines, DeepSpeed or FSDP")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "trackio", "swanlab"]] = Field(
+        default_factory=list, description="experiment trackers TRL reports to (their packages and credentials from "
+                                          "the environment); tensorboard's logs are kept in the output artifact")
 
 
 class PolicyStage(TrainingStage):
@@ -100,6 +103,11 @@ class PolicyStage(TrainingStage):
         "lora", description="lora: a new adapter on the model so far (for methods with a reference model, the "
                             "adapter-off model is the reference: no second copy in memory); full: every weight")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="adapter shape (tuner lora)")
+    trl_module: ClassVar[Optional[str]] = None  # where the method lives, when some TRL versions lack it
+
+    def problems(self) -> list[str]:
+        stage = self.declaration.name.removeprefix("train_") if self.declaration else type(self).__name__
+        return trl_lacks(self.trl_module, stage) if self.trl_module else []
 
 
 def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Logger | None = None,
@@ -282,8 +290,10 @@ def trl_args(config_cls, job: dict, **fields):
         gradient_checkpointing=cuda,  # saves GPU memory; on CPU it only costs time
         lr_scheduler_type="cosine", warmup_steps=0.05,  # a fraction of the run
         logging_steps=0.05, save_strategy="steps", save_steps=0.2, save_total_limit=2,  # fractions of the run
-        report_to=[], disable_tqdm=True, seed=SEED, dataloader_num_workers=0,
+        report_to=cfg.get("report_to") or [], disable_tqdm=True, seed=SEED, dataloader_num_workers=0,
     )
+    if "tensorboard" in args["report_to"]:  # into the artifact, beside the weights it describes
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(job["output"]) / "tensorboard")
     resources = cfg.get("resources") or {}
     if resources.get("deepspeed", "none") != "none":
         args["deepspeed"] = deepspeed_config(resources["deepspeed"])
@@ -364,14 +374,16 @@ def trl_lacks(module: str, stage: str) -> list[str]:
             "(its loss_type covers IPO, hinge, ...) or stages.kto, or install a TRL that has it"]
 
 
-def trl_class(module: str, name: str):
-    """A class of the installed TRL, imported quietly (trl.experimental warns on import)."""
+def trl_classes(module: str, method: str) -> tuple[type, type]:
+    """(config class, trainer class) of a TRL method, e.g. ("trl.experimental.orpo", "ORPO"), imported
+    quietly (trl.experimental warns on import)."""
     import importlib
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return getattr(importlib.import_module(module), name)
+        found = importlib.import_module(module)
+    return getattr(found, f"{method}Config"), getattr(found, f"{method}Trainer")
 
 
 def train(trainer, job: dict) -> dict:

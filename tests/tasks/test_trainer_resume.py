@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from alignflow.errors import ConfigError, TransientError
+from alignflow.errors import TransientError
 from storage import open_store
 from tasks import trainer
 from tasks.builtin import reverse_task
@@ -100,8 +100,3 @@ def test_killed_trainer_resumes_on_another_machine_from_the_stored_checkpoint(tm
     checkpoints.drop()
     assert store.backend.list("checkpoints/") == []
 
-
-def test_bad_trainer_argument_is_a_config_error(tmp_path):
-    job, workdir = sft_job(tmp_path, trainer_args={"no_such_argument": 1})
-    with pytest.raises(ConfigError, match="no_such_argument"):
-        trainer.launch("train_sft", "sft", job, workdir)

@@ -56,7 +56,8 @@ def test_each_sft_tuner_trains_and_its_output_loads_back(tmp_path, tiny, tuner, 
 
     from tasks.tokens import tokenize_file
 
-    sft = SFTStage(tuner=tuner, lora=lora, batch_size=4, max_length=64, trainer_args=FEW)
+    sft = SFTStage(tuner=tuner, lora=lora, batch_size=4, max_length=64, trainer_args=FEW,
+                   report_to=["tensorboard"] if tuner == "lora" else [])
     rows = rows_file(tmp_path / "sft.jsonl", reverse_task.splits()["sft"][:32])
     tokens = tmp_path / "tokens.parquet"
     tokenize_file(AutoTokenizer.from_pretrained(tiny), rows, tokens, sft.tokenize_config("fail"),
@@ -70,19 +71,20 @@ def test_each_sft_tuner_trains_and_its_output_loads_back(tmp_path, tiny, tuner, 
         adapter = json.loads((out / "adapter_config.json").read_text())
         assert adapter["use_dora"] is (tuner == "lora") and adapter["use_rslora"] is (tuner == "lora")
         chain = [tiny, out]
+    if tuner == "lora":  # report_to: tensorboard keeps its event file in the artifact
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert "reverse: a b c" in answers(chain)
 
 
 PREFERENCE = [
-    ("dpo", DPOStage(loss_type="ipo")),
-    ("dpo", DPOStage(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])),
+    ("dpo", DPOStage(loss_type=["ipo", "sft"], loss_weights=[1.0, 0.5])),  # IPO, mixed with an SFT term (MPO)
     ("kto", KTOStage()),
     ("orpo", ORPOStage()),
     ("cpo", CPOStage(loss_type="simpo", cpo_alpha=0.0, beta=2.0)),
 ]
 
 
-@pytest.mark.parametrize("module,config", PREFERENCE, ids=["dpo-ipo", "dpo-mixture", "kto", "orpo", "simpo"])
+@pytest.mark.parametrize("module,config", PREFERENCE, ids=["dpo-ipo-mixture", "kto", "orpo", "simpo"])
 def test_each_preference_method_trains_an_adapter_that_loads_back(tmp_path, tiny, module, config):
     config = config.model_copy(update={"batch_size": 4, "max_length": 64, "trainer_args": FEW})
     pairs = reverse_task.splits()["preference"][:16]
@@ -95,17 +97,17 @@ def test_each_preference_method_trains_an_adapter_that_loads_back(tmp_path, tiny
     assert "reverse: a b c" in answers([tiny, out])
 
 
-def test_pair_methods_refuse_unpaired_rows_and_name_kto(tmp_path, tiny):
+def test_pair_methods_refuse_unpaired_rows_and_name_kto(tmp_path):
     rows = [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}],
              "label": True}] * 8
-    config = DPOStage(batch_size=4, max_length=64, trainer_args=FEW)
     with pytest.raises(ConfigError, match="unpaired rows .* use stages.kto"):
-        run(tmp_path, tiny, "dpo", config, rows_file(tmp_path / "pref.jsonl", rows))
+        trainer.preference_pairs({"data": str(rows_file(tmp_path / "pref.jsonl", rows))}, "dpo")
 
 
-def test_two_process_deepspeed_zero2_sft_trains_and_saves_one_model(tmp_path, tiny):
+def test_two_process_deepspeed_zero2_sft_trains_and_its_model_loads_and_serves(tmp_path, tiny):
     """Two trainer processes on one CPU host, ZeRO-2 over gloo: optimizer state and gradients are sharded,
-    the saved model is whole and loads like any other (DeepSpeed's CPU ops are built once, then cached)."""
+    the saved model is whole, loads like any other and vLLM serves it (DeepSpeed's CPU ops are built once,
+    then cached)."""
     from transformers import AutoTokenizer
 
     from tasks.tokens import tokenize_file
@@ -120,6 +122,25 @@ def test_two_process_deepspeed_zero2_sft_trains_and_saves_one_model(tmp_path, ti
     assert metrics["steps"] == 3 and metrics["processes"] == 2 and metrics["zero_stage"] == 2
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     assert "reverse: a b c" in answers([out])
+    serve(tmp_path, out)
+
+
+def serve(tmp_path, folder) -> None:
+    """Publish `folder` as a model artifact, serve it with vLLM as the deploy stage does, ask it once."""
+    import logging
+
+    from storage import open_store
+    from tasks.deploy import DeployStage, smoke_test, start_server, stop_server
+    from tasks.stage import RunContext
+
+    run = RunContext("zero2", str(tmp_path / "store"), str(tmp_path / "cache"))
+    ref = open_store(run.store, run.cache_dir).put_dir("zero2/sft", "model", folder)
+    state = start_server(run, ref, DeployStage(max_model_len=256), logging.getLogger("test.serve"))
+    try:
+        reply = smoke_test(state["endpoint"], "zero2", "reverse: a b c")
+        assert reply["finish_reason"] in ("stop", "length")
+    finally:
+        stop_server(state)
 
 
 def test_packing_keeps_each_row_s_loss_mask_with_its_tokens_and_trains(tmp_path, tiny):
