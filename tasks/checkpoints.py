@@ -65,7 +65,17 @@ class StoredCheckpoints:
             return None
 
     def restore(self, folder: Path) -> int | None:
-        """Download the stored checkpoint into `folder` unless a local one is at least as new; its step."""
+        """Download the stored checkpoint into `folder` unless a local one is at least as new; its step.
+        A checkpoint that cannot be read back costs the resume point, never the run: training starts from
+        what is local (or from step 0)."""
+        try:
+            return self._restore(folder)
+        except Exception as exc:
+            self.logger.warning("could not restore the stored checkpoint from %s (%s); training starts without it",
+                                self.where, exc)
+            return None
+
+    def _restore(self, folder: Path) -> int | None:
         record = self.latest()
         local = last_complete_checkpoint(folder)
         if not record or (local and step_of(local) >= record["step"]):
