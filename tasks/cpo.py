@@ -17,7 +17,7 @@ from tasks import trainer
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class CPOStage(PolicyStage):
@@ -30,8 +30,7 @@ class CPOStage(PolicyStage):
     cpo_alpha: float = Field(1.0, ge=0, le=100, description="weight of the SFT term on the chosen answer "
                                                             "(0 with simpo gives pure SimPO)")
     simpo_gamma: float = Field(0.5, ge=0, le=100, description="SimPO's target reward margin")
-    learning_rate: float = Field(1.0e-6, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(1.0e-6)
     trl_module: ClassVar[Optional[str]] = "trl.experimental.cpo"
 
 

@@ -21,7 +21,7 @@ from tasks.score import ScoreSpec
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]  # TRL 1.16's names
 
@@ -31,8 +31,7 @@ class DPOStage(PolicyStage):
 
     beta: float = Field(0.1, gt=0, le=100, description="DPO temperature: higher keeps the policy closer to the "
                                                        "reference model")
-    learning_rate: float = Field(5.0e-5, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(5.0e-5)
     loss_type: DPOLoss | list[DPOLoss] = Field(
         "sigmoid", description="TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...; a list mixes several")
     loss_weights: Optional[list[float]] = Field(None, description="one weight per loss_type entry (default: 1 each)")

@@ -20,7 +20,7 @@ from tasks.config import StageConfig
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class GRPORewards(StageConfig):
@@ -46,8 +46,7 @@ class GRPOStage(PolicyStage):
     temperature: float = Field(1.0, gt=0, le=5, description="sampling temperature of the answers")
     beta: float = Field(0.0, ge=0, le=100, description="KL penalty against the reference model (0: none, and no "
                                                        "reference model in memory)")
-    learning_rate: float = Field(1.0e-5, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(1.0e-5)
 
     @model_validator(mode="after")
     def _consistent(self) -> "GRPOStage":

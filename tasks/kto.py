@@ -15,7 +15,7 @@ from tasks import trainer
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class KTOStage(PolicyStage):
@@ -23,8 +23,7 @@ class KTOStage(PolicyStage):
 
     beta: float = Field(0.1, gt=0, le=100, description="how far the policy may move from the reference model "
                                                        "(higher: less)")
-    learning_rate: float = Field(5.0e-5, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(5.0e-5)
     desirable_weight: float = Field(1.0, gt=0, le=100, description="weight of the good answers' loss (raise it "
                                                                    "when good answers are the rarer kind)")
     undesirable_weight: float = Field(1.0, gt=0, le=100, description="weight of the bad answers' loss")

@@ -16,7 +16,7 @@ from tasks import trainer
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class ORPOStage(PolicyStage):
@@ -24,8 +24,7 @@ class ORPOStage(PolicyStage):
 
     beta: float = Field(0.1, gt=0, le=100, description="weight of the odds-ratio term against the SFT loss "
                                                        "(lambda in the paper)")
-    learning_rate: float = Field(8.0e-6, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(8.0e-6)
     trl_module: ClassVar[Optional[str]] = "trl.experimental.orpo"
 
 

@@ -16,14 +16,13 @@ from tasks.models import materialize
 from tasks.stage import RunContext, stage
 from tasks.trainer import TrainingStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class RewardStage(TrainingStage):
     """A scalar reward model (trl.RewardTrainer) on preference pairs. `trainer_args` go to trl.RewardConfig."""
 
-    learning_rate: float = Field(1.0e-4, gt=0, le=1.0, description="peak learning rate (cosine schedule, "
-                                                                   "5% warm-up)")
+    learning_rate: float = trainer.learning_rate(1.0e-4)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of pairs held out to measure pairwise "
                                                               "accuracy")
 

@@ -17,7 +17,7 @@ from tasks.stage import RunContext, stage
 from tasks.tokens import LossOn, TokenizeConfig
 from tasks.trainer import LoraSpec, TrainingStage
 
-LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+LIBRARIES = trainer.LIBRARIES
 
 
 class SFTStage(TrainingStage):

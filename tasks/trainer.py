@@ -39,6 +39,14 @@ PROGRESS_KEYS = ("loss", "reward", "rewards/margins", "rewards/accuracies", "mea
 SEED = 42
 
 
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")  # whose versions shape a trainer's result
+
+
+def learning_rate(default: float):
+    """The `learning_rate` field, with a stage's own default."""
+    return Field(default, gt=0, le=1.0, description="peak learning rate (cosine schedule, 5% warm-up)")
+
+
 class LoraSpec(StageConfig):
     """The shape of a LoRA adapter (peft.LoraConfig)."""
 
@@ -85,7 +93,7 @@ class TrainingStage(StageConfig):
     """What every trainer stage shares. Anything else TRL's config takes goes through `trainer_args`."""
 
     epochs: float = Field(1.0, gt=0, le=1000, description="passes over the data (fractions allowed)")
-    learning_rate: float = Field(2.0e-4, gt=0, le=1.0, description="peak learning rate (cosine schedule, 5% warm-up)")
+    learning_rate: float = learning_rate(2.0e-4)
     batch_size: int = Field(8, ge=1, le=65536, description="rows per step on each device")
     max_length: int = Field(1024, ge=8, le=1048576, description="tokens per row; longer rows are truncated")
     trainer_args: dict = Field(default_factory=dict,
