@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -45,3 +46,10 @@ def stop_group(pid: int, sig: int, timeout: float = 30.0) -> bool:
         while pid_alive(pid):
             time.sleep(0.1)
     return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, on `host` (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

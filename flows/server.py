@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from alignflow.errors import AlignflowError
-from alignflow.processes import pid_alive, stop_group
+from alignflow.processes import free_port, pid_alive, stop_group
 
 POOL = "alignflow"
 DEFAULT_PORT = 4200  # Prefect's own default; a free port is taken when it is busy, and kept after
@@ -160,12 +160,6 @@ def port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(database: str | None, port: int | None = None) -> dict:

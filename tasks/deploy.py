@@ -24,7 +24,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from alignflow.errors import ConfigError, StageError, StorageError, TransientError
-from alignflow.processes import pid_alive, stop_group
+from alignflow.processes import free_port, pid_alive, stop_group
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.models import first_question
@@ -91,12 +91,6 @@ def stop_server(state: dict, timeout: float = 30.0) -> bool:
     if current and current["pid"] == pid:
         (state_dir() / f"{state['name']}.json").unlink(missing_ok=True)
     return stopped
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def serve_python(configured: str | None = None) -> str:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from storage import ArtifactRef
 from tasks.config import StageConfig
-from tasks.models import conversations, load_tokenizer, materialize, model_chain, render
+from tasks.models import conversations
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "peft")
@@ -36,20 +36,17 @@ def judge(run: RunContext, candidate: ArtifactRef, reference: ArtifactRef, rewar
           prompts: ArtifactRef, config: JudgeStage) -> ArtifactRef:
     from prefect import get_run_logger
 
-    from tasks.reward import load_reward_model, rewards
-    from tasks.sample import hf_generate
+    from tasks.reward import rewards, stored_reward_model
+    from tasks.sample import hf_generate, ready_to_answer
 
     store, workdir = run.open_store(), run.workdir()
     asked = conversations(store.get_dir(prompts) / "data.jsonl", config.prompts, with_answers=False)
     answers = {}
     for role, ref in (("candidate", candidate), ("reference", reference)):
-        chain = model_chain(store, ref)
-        texts = [render(load_tokenizer(chain), messages) for messages in asked]
-        folder = materialize(chain, workdir / role)
+        folder, texts = ready_to_answer(store, ref, asked, workdir / role)
         answers[role] = [a[0] for a in hf_generate(folder, texts, config.max_tokens, config.batch_size,
                                                    do_sample=False)["completions"]]
-    model, tokenizer = load_reward_model(store.get_dir(reward))
-    max_length = store.manifest(reward.digest)["metadata"].get("max_length", 1024)
+    model, tokenizer, max_length = stored_reward_model(store, reward)
     scores = {role: rewards(model, tokenizer, [m + [{"role": "assistant", "content": a}]
                                                for m, a in zip(asked, answers[role])], max_length, config.batch_size)
               for role in answers}

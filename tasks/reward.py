@@ -65,6 +65,12 @@ def pairwise_accuracy(model, tokenizer, pairs, max_length: int) -> dict:
     return {"pairwise_accuracy": round(wins / max(len(pairs), 1), 4), "eval_pairs": len(pairs)}
 
 
+def stored_reward_model(store, ref) -> tuple:
+    """(model, tokenizer, max_length) of a `reward_model` artifact: it scores at the length it was trained on."""
+    model, tokenizer = load_reward_model(store.get_dir(ref))
+    return model, tokenizer, store.manifest(ref.digest)["metadata"].get("max_length", 1024)
+
+
 def load_reward_model(folder):
     """(model, tokenizer) of a `reward_model` artifact's folder, ready to score."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

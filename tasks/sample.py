@@ -52,10 +52,8 @@ def sample(run: RunContext, model: ArtifactRef, prompts: ArtifactRef, config: Sa
     from prefect import get_run_logger
 
     logger, store, workdir = get_run_logger(), run.open_store(), run.workdir()
-    chain = model_chain(store, model)
     asked = conversations(store.get_dir(prompts) / "data.jsonl", config.max_prompts, with_answers=False)
-    texts = [render(load_tokenizer(chain), messages) for messages in asked]
-    folder = materialize(chain, workdir / "policy")
+    folder, texts = ready_to_answer(store, model, asked, workdir / "policy")
     result = generate(folder, texts, config, run.cache_dir, workdir, logger)
     out = workdir / "output"
     out.mkdir(exist_ok=True)
@@ -69,6 +67,13 @@ def sample(run: RunContext, model: ArtifactRef, prompts: ArtifactRef, config: Sa
     return publish(run, "samples", "samples", out, stage="sample", config=config,
                    inputs={"policy": model, "prompts": prompts}, libraries=LIBRARIES, metrics=metrics,
                    metadata={"sampling": config.model_dump(), "engine": result["engine"]})
+
+
+def ready_to_answer(store, model: ArtifactRef, asked: list[list[dict]], dest: Path) -> tuple[Path, list[str]]:
+    """(a folder with the model's full weights, each conversation rendered by its chat template to be answered)."""
+    chain = model_chain(store, model)
+    tokenizer = load_tokenizer(chain)
+    return materialize(chain, dest), [render(tokenizer, messages) for messages in asked]
 
 
 def generate(model_dir: Path, prompts: list[str], config: SampleSpec, cache_dir: str, workdir: Path,

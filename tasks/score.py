@@ -38,11 +38,10 @@ def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: Ar
     """`policy`: the model that was sampled (named in the lineage); `offline`: pairs to add (pairs: mixed)."""
     from prefect import get_run_logger
 
-    from tasks.reward import load_reward_model, rewards
+    from tasks.reward import rewards, stored_reward_model
 
     store, out = run.open_store(), run.workdir() / "output"
-    model, tokenizer = load_reward_model(store.get_dir(reward))
-    max_length = store.manifest(reward.digest)["metadata"].get("max_length", 1024)
+    model, tokenizer, max_length = stored_reward_model(store, reward)
     with open(store.get_dir(samples) / "samples.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     answers = [row["prompt"] + [{"role": "assistant", "content": a}] for row in rows for a in row["completions"]]

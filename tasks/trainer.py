@@ -29,6 +29,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
+from alignflow.processes import free_port
 from storage.store import default_cache_dir
 from tasks import report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
@@ -197,14 +198,6 @@ def launch_flags(resources: dict, gpus: int) -> list[str]:
     elif per_machine > 1:  # a free port: two trainers on one machine must not meet
         flags += ["--main_process_port", str(free_port())]
     return flags
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def show_curves(workdir: Path, stage: str, dashboard_key: str, progress) -> None:
