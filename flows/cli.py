@@ -2,8 +2,7 @@
 
     alignflow run SPEC.yaml [--set stages.dpo.beta=0.2 ...] [--store PATH_OR_URI]
     alignflow demo [--set ...] [--store ...]
-    alignflow serve ls
-    alignflow serve stop NAME | --all
+    alignflow serve ls | url NAME | logs NAME | stop NAME | --all | rollback NAME | k8s NAME
     alignflow artifacts ls [NAME] | show NAME[@V] [--lineage] | get NAME[@V] DEST | promote NAME@V ALIAS
                         | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
     alignflow storage up | down | status
@@ -54,12 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         storage_sub.add_parser(name, help=text)
 
     add_service_parsers(sub)
-    serve = sub.add_parser("serve", help="list or stop the model servers started by deploy")
-    serve_sub = serve.add_subparsers(dest="serve_command", required=True)
-    serve_sub.add_parser("ls", help="list servers")
-    stop = serve_sub.add_parser("stop", help="stop a server")
-    stop.add_argument("name", nargs="?", help="pipeline name of the server to stop")
-    stop.add_argument("--all", action="store_true", help="stop every server")
+    from flows.serve_commands import add_parsers
+
+    add_parsers(sub.add_parser("serve", help="the model servers deploy started: list, resolve, logs, stop, "
+                                             "roll back, export to Kubernetes"))
     return parser
 
 
@@ -153,25 +150,6 @@ def cmd_run(args) -> int:
     return EXIT_SUPERSEDED if summary["status"] == "superseded" else 0
 
 
-def cmd_serve(args) -> int:
-    from flows.summary import format_table
-    from tasks.deploy import all_states, describe, read_state, stop_server
-
-    if args.serve_command == "ls":
-        rows = [describe(s) for s in all_states()]
-        print(format_table(rows, ["name", "status", "endpoint", "pid", "model", "digest"]) if rows else "no servers")
-        return 0
-    if not args.all and not args.name:
-        raise AlignflowError("serve stop: name a server (see `alignflow serve ls`) or pass --all")
-    states = all_states() if args.all else [s for s in [read_state(args.name)] if s]
-    if not states:
-        raise AlignflowError(f"serve stop: no server named {args.name!r}; `alignflow serve ls` lists them")
-    for state in states:
-        stop_server(state)
-        print(f"stopped {state['name']} (pid {state['pid']}, {state['endpoint']})")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -212,7 +190,11 @@ def dispatch(args) -> int:
 
         quiet_prefect()
         return getattr(service_commands, f"cmd_{args.command}")(args)
-    return cmd_serve(args) if args.command == "serve" else cmd_run(args)
+    if args.command == "serve":
+        from flows import serve_commands
+
+        return serve_commands.run(args)
+    return cmd_run(args)
 
 
 def prefect_unreachable(exc: RuntimeError) -> str | None:

@@ -76,7 +76,8 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     model = align(steps, run, train_cpo, stages.cpo, model, data, reward)
     if stages.grpo:  # reinforcement: the reward model (and rules) score the policy's own answers
         model = steps.run(train_grpo, run, model, data[stages.grpo.prompts], reward, stages.grpo)
-    if model.kind == "adapter":
+    adapter = model if model.kind == "adapter" and stages.deploy and stages.deploy.mode == "adapter" else None
+    if model.kind == "adapter" and (adapter is None or stages.evaluate):  # what is evaluated: full weights
         model = steps.run(merge, run, model, any_split(data), stages.merge)
     if stages.quantize and stages.quantize.method != "none":
         model = steps.run(quantize, run, model, data.get("sft") or any_split(data), stages.quantize)
@@ -99,7 +100,7 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
             if not decision["passed"]:
                 return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
-        return ship(steps, run, spec, summary, model, report, decision, any_split(data))
+        return ship(steps, run, spec, summary, adapter or model, report, decision, any_split(data))
     return summary
 
 

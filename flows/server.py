@@ -287,7 +287,7 @@ def throwaway_home(prefix: str):
     (benchmarks, screenshots). Model servers and the Prefect server started there are stopped at the end."""
     import tempfile
 
-    from tasks.deploy import all_states, stop_server
+    from tasks.servers import all_states, stop_server
 
     names = ("ALIGNFLOW_HOME", "PREFECT_HOME", "ALIGNFLOW_CACHE", "PREFECT_API_URL")
     saved = {name: os.environ.get(name) for name in names}

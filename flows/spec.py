@@ -246,6 +246,7 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
     """Rules that span fields: a stage needs its data split, a gate needs an evaluation, ..."""
     problems = unmet_needs(spec) + format_problems(spec.data)
     problems += [problem for _, config in spec.stages if config is not None for problem in config.problems()]
+    problems += serving_problems(spec.stages)
     if spec.storage and not spec.store.startswith("s3://"):
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
     for name in spec.service.watch.sources:
@@ -266,6 +267,24 @@ def unmet_needs(spec: PipelineSpec) -> list[str]:
             elif section == "stages" and getattr(spec.stages, what) is None:
                 problems.append(f"stages.{name}: needs stages.{what}, which is not set")
     return problems
+
+
+TRAINERS = ("sft", "dpo", "kto", "orpo", "cpo", "grpo")
+
+
+def serving_problems(stages: Stages) -> list[str]:
+    """`deploy.mode: adapter` serves the adapter the last trainer made, unquantized."""
+    if not stages.deploy or stages.deploy.mode != "adapter":
+        return []
+    last = next((name for name in reversed(TRAINERS) if getattr(stages, name) is not None), None)
+    if last is None or getattr(stages, last).tuner == "full":
+        what = f"stages.{last} trains full weights" if last else "no stage trains"
+        return [f"stages.deploy.mode: adapter serves a LoRA adapter, but {what}; set tuner: lora on the last "
+                "trainer, or deploy with mode: model"]
+    if stages.quantize and stages.quantize.method != "none":
+        return ["stages.deploy.mode: adapter serves the adapter on its unquantized base; stages.quantize makes "
+                "full weights: drop one of them"]
+    return []
 
 
 def format_problems(data: DataSpec) -> list[str]:

@@ -18,7 +18,8 @@ def default_store() -> str:
 
 
 def parse_selector(text: str) -> tuple[str, int | str]:
-    """'demo/sft@3' -> ('demo/sft', 3); 'demo/sft@production' -> (..., 'production'); 'demo/sft' -> latest."""
+    """'demo/sft@3' -> ('demo/sft', 3); 'demo/sft@production' -> (..., 'production'); 'demo/sft@sha256:...' ->
+    the version with that digest; 'demo/sft' -> latest."""
     name, _, selector = text.partition("@")
     return name, int(selector) if selector.isdigit() else (selector or "latest")
 

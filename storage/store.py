@@ -157,9 +157,12 @@ class ArtifactStore:
         return manifest
 
     def ref(self, name: str, selector: int | str = "latest") -> ArtifactRef:
-        """`ref("demo/sft", 3)`, `ref("demo/sft", "production")` or `ref("demo/sft")` (the newest version)."""
+        """`ref("demo/sft", 3)`, `ref("demo/sft", "production")`, `ref("demo/sft", "sha256:...")` (the newest
+        version with that content) or `ref("demo/sft")` (the newest version)."""
         if selector == "latest":  # derived from the version list, never stored
             selector = self.latest_version(name) or 0
+        if isinstance(selector, str) and selector.startswith("sha256:"):
+            return self._ref_by_digest(name, selector)
         version = selector if isinstance(selector, int) else self.alias_target(name, selector)
         if version is None:
             raise StorageError(f"{name} has no alias {selector!r} in store {self.uri}")
@@ -169,6 +172,13 @@ class ArtifactStore:
             raise StorageError(f"{name}@{version} does not exist in store {self.uri}") from None
         metrics = self.manifest(record["digest"]).get("metrics", {})
         return ArtifactRef(name, record["kind"], version, record["digest"], metrics)
+
+    def _ref_by_digest(self, name: str, digest: str) -> ArtifactRef:
+        for version in reversed(self.versions(name)):
+            ref = self.ref(name, version)
+            if ref.digest == digest:
+                return ref
+        raise StorageError(f"{name} has no version with digest {digest} in store {self.uri}")
 
     def exists(self, ref: ArtifactRef) -> bool:
         """True when the version pointer, its manifest and every blob it lists are present."""

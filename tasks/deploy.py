@@ -1,206 +1,296 @@
-"""Stage `deploy`: serve a model artifact behind vLLM's OpenAI-compatible server.
+"""Stage `deploy`: serve a model artifact behind vLLM's OpenAI-compatible server, without dropping traffic.
 
-Idempotent rather than cached: if the server recorded for this pipeline is alive and serves the same
-digest, nothing happens; otherwise a new server starts (from the serve env, detached, on loopback by
-default), passes /health and one chat request, and only then replaces the old one. The record
-(endpoint, pid, model digest, command) goes to the store as a `deployment` artifact and to a local
-state file that `alignflow serve ls|stop` reads.
+Idempotent rather than cached. If the pipeline's recorded server answers with the same digest, nothing
+happens. Otherwise:
+  - mode `model` (full weights: merged or quantized) goes blue/green: a new server starts on its own port,
+    passes /health and a chat request, the pipeline's record switches to it (`alignflow serve url NAME`
+    answers the new endpoint from then on), the old server drains its requests in flight, then stops. If
+    the new server fails, the old one keeps serving and the stage fails with the new server's log tail;
+  - mode `adapter` serves the pipeline's LoRA adapter on its base. A server already serving that base (for
+    this pipeline or another) loads the adapter at run time under the pipeline's name, no restart; else a
+    new server starts with the base and the adapter, blue/green as above.
+The record (endpoint, pid, model digest, command, where the api key comes from) goes to the store as a
+`deployment` artifact and to the local record `alignflow serve` reads (tasks/servers.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field
 
-from alignflow.errors import ConfigError, StageError, StorageError, TransientError
-from alignflow.processes import free_port, pid_alive, stop_group
-from storage import ArtifactRef
+from alignflow.errors import ConfigError, StageError, StorageError
+from alignflow.processes import free_port, pid_alive
+from storage import ArtifactRef, ArtifactStore
 from tasks.config import StageConfig
 from tasks.models import first_question
+from tasks.servers import (
+    all_states,
+    chat_template,
+    is_loopback,
+    launch,
+    load_adapter,
+    remove_state,
+    read_state,
+    release,
+    resolve_key,
+    serve_python,
+    served_models,
+    server_env,
+    serves,
+    smoke_test,
+    state_dir,
+    stop_server,
+    unload_adapter,
+    write_state,
+)
 from tasks.stage import RunContext, publish, stage
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+KEY_SOURCE = r"^(env|secret):[A-Za-z0-9_.-]+$"
 
 
 class DeployStage(StageConfig):
-    """vLLM's OpenAI-compatible server, started from the serve env."""
+    """vLLM's OpenAI-compatible server, started from the serve env; new versions go live without a gap."""
 
     backend: Literal["vllm"] = Field("vllm", description="the serving engine")
-    host: str = Field("127.0.0.1", description="bind address")
-    port: int = Field(0, ge=0, le=65535, description="0 picks a free port; a fixed port replaces the previous "
-                                                     "server in place")
+    mode: Literal["model", "adapter"] = Field(
+        "model", description="model: full weights (merged, or quantized); adapter: the base model plus the "
+                             "pipeline's LoRA adapter, on a server shared by every pipeline with that base")
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback needs api_key")
+    port: int = Field(0, ge=0, le=65535, description="0 picks a free port per server (blue/green); a fixed port "
+                                                     "replaces the previous server in place, with a gap")
+    api_key: Optional[str] = Field(None, pattern=KEY_SOURCE, description="where the server's api key comes from: "
+                                                                        "env:VARIABLE or secret:BLOCK (a Prefect "
+                                                                        "Secret block); the key never reaches a log "
+                                                                        "or an artifact")
     max_model_len: Optional[int] = Field(None, ge=16, description="context length (empty: the model's)")
-    start_timeout: float = Field(300.0, gt=0, le=86400, description="seconds to wait for /health")
+    max_lora_rank: int = Field(64, ge=1, le=1024, description="mode adapter: the largest adapter rank the server "
+                                                              "accepts at run time")
+    max_loras: int = Field(8, ge=1, le=1024, description="mode adapter: adapters a batch may mix")
+    start_timeout: float = Field(600.0, gt=0, le=86400, description="seconds to wait for /health")
+    drain_seconds: float = Field(5.0, ge=0, le=3600, description="after traffic moves, the old server still "
+                                                                 "takes requests this long, then finishes what "
+                                                                 "it has before it stops")
+    drain_timeout: float = Field(120.0, ge=0, le=86400, description="the longest wait for those requests")
     python: Optional[str] = Field(None, description="the serve env's python (empty: $ALIGNFLOW_SERVE_PYTHON, "
                                                     "else .venv-serve beside the project)")
     extra_args: list[str] = Field(default_factory=list, description="appended to the vLLM command line, e.g. "
                                                                     "['--tensor-parallel-size', '2']")
 
-
-def state_dir() -> Path:
-    path = Path(os.environ.get("ALIGNFLOW_HOME", Path.home() / ".alignflow")) / "serve"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def read_state(name: str) -> dict | None:
-    path = state_dir() / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def all_states() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(state_dir().glob("*.json"))]
-
-
-def http_json(url: str, payload: dict | None = None, timeout: float = 5.0) -> dict:
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def serving_digest(state: dict) -> str | None:
-    """The digest of the model the recorded server is actually serving, or None if it is not answering."""
-    if not pid_alive(state["pid"]):
-        return None
-    try:
-        models = http_json(f"{state['endpoint']}/models")["data"]
-    except (OSError, ValueError, KeyError):
-        return None
-    roots = [m.get("root", "") for m in models]
-    digest = state["model"]["digest"]
-    return digest if any(digest.removeprefix("sha256:") in r for r in roots) else None
-
-
-def stop_server(state: dict, timeout: float = 30.0) -> bool:
-    """SIGINT the server's process group, then SIGKILL if it lingers; remove its state file."""
-    pid = state["pid"]
-    stopped = stop_group(pid, signal.SIGINT, timeout)  # vLLM stops on SIGINT in under a second
-    current = read_state(state["name"])
-    if current and current["pid"] == pid:
-        (state_dir() / f"{state['name']}.json").unlink(missing_ok=True)
-    return stopped
-
-
-def serve_python(configured: str | None = None) -> str:
-    """The serve env's python: `configured` (stages.deploy.python), $ALIGNFLOW_SERVE_PYTHON, or .venv-serve."""
-    python = configured or os.environ.get("ALIGNFLOW_SERVE_PYTHON") or str(PROJECT_ROOT / ".venv-serve/bin/python")
-    if not Path(python).exists():
-        raise ConfigError(f"stages.deploy.python: the serve env's python {python} does not exist; run `make setup` "
-                          "(it creates .venv-serve with vLLM) or point stages.deploy.python / "
-                          "ALIGNFLOW_SERVE_PYTHON at a python that has vLLM", "spec")
-    return python
-
-
-def server_command(python: str, model_dir: Path, name: str, host: str, port: int, config: DeployStage) -> list[str]:
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", name, "--host", host, "--port", str(port), "--generation-config", "auto"]
-    if config.max_model_len:
-        cmd += ["--max-model-len", str(config.max_model_len)]
-    return cmd + list(config.extra_args)
-
-
-def server_env(cache_dir: str) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
-               VLLM_CACHE_ROOT=str(Path(cache_dir) / "vllm"))
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU hosts; vLLM's default takes 4
-    for var in ("PYTHONPATH", "VIRTUAL_ENV"):  # the serve env is its own world
-        env.pop(var, None)
-    for var in [v for v in env if v.startswith("AWS_") or v.endswith(("_TOKEN", "_SECRET", "_PASSWORD", "_KEY"))]:
-        env.pop(var)  # the server reads a local folder: it gets no store or hub credentials
-    return env
-
-
-def wait_healthy(proc: subprocess.Popen, endpoint: str, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StageError(f"deploy: vLLM exited with code {proc.returncode} while starting. "
-                             f"Last lines of {log_path}:\n{_tail(log_path)}")
-        try:
-            urllib.request.urlopen(f"{endpoint}/health", timeout=2).close()
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(1.0)
-    raise TransientError(f"deploy: vLLM did not answer /health within {timeout:.0f}s (stages.deploy.start_timeout). "
-                         f"Last lines of {log_path}:\n{_tail(log_path)}")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
-def smoke_test(endpoint: str, name: str, prompt: str) -> dict:
-    """One chat request, as a user would send it."""
-    reply = http_json(f"{endpoint}/chat/completions", {
-        "model": name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64, "temperature": 0.0},
-        timeout=60)
-    choice = reply["choices"][0]
-    return {"prompt": prompt, "answer": choice["message"]["content"], "finish_reason": choice["finish_reason"]}
-
-
-def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logger) -> dict:
-    model_dir = run.open_store().get_dir(model)
-    port = config.port or free_port(config.host)
-    cmd = server_command(serve_python(config.python), model_dir, run.name, config.host, port, config)
-    log_path = state_dir() / f"{run.name}-{model.short_digest}-{port}.log"
-    logger.info("deploy: starting vLLM for %s on %s:%d (log: %s)", model.label, config.host, port, log_path)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=server_env(run.cache_dir), start_new_session=True, cwd=str(state_dir()))
-    endpoint = f"http://{config.host}:{port}/v1"
-    started = time.monotonic()
-    try:
-        wait_healthy(proc, endpoint.removesuffix("/v1"), log_path, config.start_timeout)
-    except BaseException:  # a timeout, a crash, Ctrl-C: never leave an unrecorded server behind
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        raise
-    logger.info("deploy: vLLM healthy after %.0fs", time.monotonic() - started)
-    return {"name": run.name, "endpoint": endpoint, "pid": proc.pid, "command": cmd, "log": str(log_path),
-            "model": {"name": model.name, "version": model.version, "digest": model.digest},
-            "started_at": time.time(), "host": socket.gethostname()}
+    def problems(self) -> list[str]:
+        if not is_loopback(self.host) and not self.api_key:
+            return [f"stages.deploy.host: {self.host} exposes the server beyond this machine without an api key; "
+                    "set stages.deploy.api_key (env:VARIABLE or secret:BLOCK), or bind 127.0.0.1"]
+        return []
 
 
 @stage("deploy", config=DeployStage, key_metric="endpoint", cached=False)
 def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None) -> ArtifactRef:
     from prefect import get_run_logger
 
-    logger, store = get_run_logger(), run.open_store()
+    prompt = first_question(run.open_store().get_dir(probe) / "data.jsonl") if probe else "Hello!"
+    return roll_out(run, model, config, prompt, get_run_logger())
+
+
+def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompt: str, logger) -> ArtifactRef:
+    """Make `model` what the pipeline's name serves (see the module's docstring); returns the record."""
+    key = resolve_key(config.api_key)
     current = read_state(run.name)
-    if current and serving_digest(current) == model.digest:
+    if current and serves(current, model.digest, key):
         return already_serving(run, model, config, current, logger)
     if current and config.port and current["endpoint"].endswith(f":{config.port}/v1"):
-        stop_server(current)  # a fixed port cannot hold two servers: replace in place
+        logger.warning("deploy: port %d is fixed: stopping the previous server first (requests fail until the "
+                       "new one is up; port 0 avoids that)", config.port)
+        stop_server(current)
         current = None
-    question = first_question(store.get_dir(probe) / "data.jsonl") if probe else "Hello!"
-    record = start_server(run, model, config, logger)
+    green = read_state(run.name + GREEN)
+    if green and config.mode == "model" and serves(green, model.digest, key):
+        logger.info("deploy: switching to the green server evaluation ran on (pid %d)", green["pid"])
+        record = {k: v for k, v in green.items() if k != "green"} | {"name": run.name}
+    else:
+        discard_green(run.name)
+        record = (add_adapter(run, model, config, key, logger) if config.mode == "adapter"
+                  else start_server(run, model, config, logger, key))
     try:
-        record["smoke"] = smoke_test(record["endpoint"], run.name, question)
+        record["smoke"] = smoke_test(record["endpoint"], run.name, prompt, key)
     except (OSError, ValueError, KeyError) as exc:
-        stop_server(record)
-        raise StageError(f"deploy: the server started but a chat request failed: {exc}") from exc
-    logger.info("deploy: smoke request %r -> %r (%s)", question, record["smoke"]["answer"],
+        undo(record, current, key)
+        raise StageError(f"deploy: the server started but a chat request failed: {exc}; the previous deployment "
+                         f"keeps serving. Last lines of {record['log']}:\n{tail_of(record)}") from exc
+    logger.info("deploy: smoke request %r -> %r (%s)", prompt, record["smoke"]["answer"],
                 record["smoke"]["finish_reason"])
     ref = record_deployment(run, model, config, record, "started")
+    remove_state(run.name + GREEN, record["pid"])  # the green server is the live one now
     if current and current["pid"] != record["pid"]:
-        logger.info("deploy: stopping the previous server (pid %d, %s)", current["pid"],
-                    current["model"]["digest"][:19])
-        stop_server(current)
+        logger.info("deploy: %s now answers at %s; draining the previous server (pid %d)", run.name,
+                    record["endpoint"], current["pid"])
+        logger.info("deploy: previous server: %s", release(current, key, config.drain_seconds, config.drain_timeout))
     return ref
 
+
+GREEN = "~green"  # the record of a pipeline's server that is up and evaluated but not yet live
+
+
+def green_server(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None,
+                 logger) -> tuple[dict, str | None]:
+    """The candidate's new server, up (health and a chat request passed) but taking no traffic: evaluation
+    runs against it, then deploy switches traffic to it, or `discard_green` stops it when the gate rejects
+    the candidate. Returns its record and api key. A server that already serves the digest is used as is:
+    the live one (nothing changes), or a green one left by an earlier run."""
+    key = resolve_key(config.api_key)
+    for name in (run.name, run.name + GREEN):
+        state = read_state(name)
+        if state and serves(state, model.digest, key):
+            return state, key
+    discard_green(run.name)
+    record = start_server(run, model, config, logger, key)
+    prompt = first_question(run.open_store().get_dir(probe) / "data.jsonl") if probe else "Hello!"
+    try:
+        record["smoke"] = smoke_test(record["endpoint"], run.name, prompt, key)
+    except (OSError, ValueError, KeyError) as exc:
+        stop_server(record)
+        raise StageError(f"evaluate: the candidate's new server started but a chat request failed: {exc}. "
+                         f"Last lines of {record['log']}:\n{tail_of(record)}") from exc
+    record.update(name=run.name + GREEN, green=True)
+    write_state(record["name"], record)
+    logger.info("evaluate: the candidate's green server is up at %s (pid %d); deploy switches to it if the gate "
+                "passes", record["endpoint"], record["pid"])
+    return record, key
+
+
+def discard_green(name: str) -> None:
+    """Stop the pipeline's green server, if one is up (the gate rejected its model, or a newer one came)."""
+    green = read_state(name + GREEN)
+    if green:
+        stop_server(green)
+
+
+def scratch_settings(config: DeployStage) -> DeployStage:
+    """deploy's engine settings for a server that only evaluation uses: loopback, any port, no key."""
+    return config.model_copy(update={"host": "127.0.0.1", "port": 0, "api_key": None, "mode": "model"})
+
+
+def tail_of(record: dict) -> str:
+    from tasks.servers import tail
+
+    return tail(Path(record["log"]))
+
+
+def undo(record: dict, current: dict | None, key: str | None) -> None:
+    """A new deployment failed its smoke request: stop its server, or take its adapter back out of a shared
+    one (reloading the adapter the name served before, if it was replaced in place)."""
+    if not record.get("shared"):
+        stop_server(record)
+    elif current and current["pid"] == record["pid"] and current.get("folder"):
+        load_adapter(record, record["served_name"], Path(current["folder"]), key, replace=True)
+    else:
+        unload_adapter(record, key)
+
+
+def endpoint_root(host: str, port: int) -> str:
+    """Where clients on this machine reach a server bound to `host`."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
+def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logger, key: str | None = None,
+                 adapter: ArtifactRef | None = None) -> dict:
+    """A new server for `model` (full weights) under the pipeline's name; with `adapter` (a LoRA adapter on
+    `model`), the base is served as `base-<digest>` and the adapter under the pipeline's name."""
+    store = run.open_store()
+    model_dir = store.get_dir(model)
+    port = config.port or free_port(config.host)
+    log_path = state_dir() / f"{run.name}-{(adapter or model).short_digest}-{port}.log"
+    template = chat_template(model_dir, log_path.with_suffix(".jinja"))
+    served = f"base-{model.short_digest}" if adapter else run.name
+    folder = store.get_dir(adapter) if adapter else model_dir
+    cmd = [serve_python(config.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", served, "--host", config.host, "--port", str(port), "--generation-config", "auto"]
+    if template:  # the template used in training, never a guess of the server's
+        cmd += ["--chat-template", str(template)]
+    if config.max_model_len:
+        cmd += ["--max-model-len", str(config.max_model_len)]
+    if adapter:
+        cmd += ["--enable-lora", "--max-lora-rank", str(config.max_lora_rank), "--max-loras", str(config.max_loras),
+                "--lora-modules", f"{run.name}={folder}"]
+    cmd += list(config.extra_args)
+    root = endpoint_root(config.host, port)
+    logger.info("deploy: starting vLLM for %s on %s:%d (log: %s)", (adapter or model).label, config.host, port,
+                log_path)
+    started = time.monotonic()
+    proc = launch(cmd, server_env(run.cache_dir, key, adapters=adapter is not None), log_path, root,
+                  config.start_timeout)
+    logger.info("deploy: vLLM healthy after %.0fs", time.monotonic() - started)
+    record = {"name": run.name, "served_name": run.name, "endpoint": f"{root}/v1", "root": root, "pid": proc.pid,
+              "command": cmd, "log": str(log_path), "api_key": config.api_key, "bind": config.host,
+              "model": artifact_record(adapter or model), "folder": str(folder), "adapter": adapter is not None,
+              "started_at": time.time(), "host": socket.gethostname(),
+              "storage": run.credentials_block}
+    if adapter:
+        record["base"] = dict(artifact_record(model), served_name=served)
+    return record
+
+
+def artifact_record(ref: ArtifactRef) -> dict:
+    return {"name": ref.name, "version": ref.version, "digest": ref.digest}
+
+
+# ---- adapters ------------------------------------------------------------------------------------
+
+def adapter_base(store: ArtifactStore, adapter: ArtifactRef) -> ArtifactRef:
+    """The full-weights model an adapter was trained on (vLLM applies one adapter per request)."""
+    if adapter.kind != "adapter":
+        raise ConfigError(f"stages.deploy.mode: adapter serves a LoRA adapter, but the model to deploy, "
+                          f"{adapter.label}, is full weights (no stage trained an adapter last); use mode: model",
+                          "spec")
+    base = store.manifest(adapter.digest)["metadata"]["base"]
+    ref = store.ref(base["name"], base["version"])
+    if ref.kind == "adapter":
+        raise ConfigError(f"stages.deploy.mode: adapter: {adapter.label} sits on another adapter ({ref.label}); "
+                          "a server applies one adapter to full weights. Train the earlier stage with tuner: full, "
+                          "or deploy with mode: model (merged)", "spec")
+    return ref
+
+
+def adapter_rank(folder: Path) -> int:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    return max([int(config.get("r", 8))] + [int(r) for r in (config.get("rank_pattern") or {}).values()])
+
+
+def shared_server(base: ArtifactRef, config: DeployStage) -> dict | None:
+    """A running server that serves `base` for adapters, bound and keyed as `config` asks."""
+    for state in all_states():
+        if (state.get("adapter") and state["base"]["digest"] == base.digest and state.get("bind") == config.host
+                and state.get("api_key") == config.api_key and pid_alive(state["pid"])):
+            return state
+    return None
+
+
+def add_adapter(run: RunContext, adapter: ArtifactRef, config: DeployStage, key: str | None, logger) -> dict:
+    """Load the adapter into the server that already serves its base (no restart), or start one."""
+    store = run.open_store()
+    base, folder = adapter_base(store, adapter), store.get_dir(adapter)
+    rank = adapter_rank(folder)
+    if rank > config.max_lora_rank:
+        raise ConfigError(f"stages.deploy.max_lora_rank: {adapter.label} has rank {rank}, above the server's "
+                          f"{config.max_lora_rank}; raise max_lora_rank (a new server starts)", "spec")
+    server = shared_server(base, config)
+    if server is None:
+        return start_server(run, base, config, logger, key, adapter=adapter)
+    replace = any(m.get("id") == run.name for m in served_models(server, key) or [])
+    logger.info("deploy: loading %s into the running server pid %d as %r (%s)", adapter.label, server["pid"],
+                run.name, "replacing the loaded one" if replace else "new name")
+    load_adapter(server, run.name, folder, key, replace)
+    keep = ("endpoint", "root", "pid", "command", "log", "api_key", "bind", "base", "started_at", "host", "storage")
+    return {**{k: server[k] for k in keep}, "name": run.name, "served_name": run.name, "adapter": True,
+            "shared": True, "model": artifact_record(adapter), "folder": str(folder), "loaded_at": time.time()}
+
+
+# ---- records -------------------------------------------------------------------------------------
 
 def already_serving(run: RunContext, model: ArtifactRef, config: DeployStage, state: dict, logger) -> ArtifactRef:
     """The pipeline's server already serves this digest. Its record may live in another store (the same
@@ -218,40 +308,35 @@ def already_serving(run: RunContext, model: ArtifactRef, config: DeployStage, st
     logger.info("deploy: %s already serves %s at %s; recording it in %s", run.name, model.label,
                 state["endpoint"], store.uri)
     record = {k: v for k, v in state.items() if k != "records"}
-    record["model"] = {"name": model.name, "version": model.version, "digest": model.digest}
+    record["model"] = artifact_record(model)
     return record_deployment(run, model, config, record, "unchanged")
 
 
 def record_deployment(run: RunContext, model: ArtifactRef, config: DeployStage, record: dict,
                       action: str) -> ArtifactRef:
-    """Publish the deployment record in the run's store and note, in the local serve state, which store
-    holds which record of this server."""
-    out = run.workdir() / "output"
-    out.mkdir(exist_ok=True)
-    (out / "deployment.json").write_text(json.dumps(record, indent=2))
+    """Publish the deployment record in the run's store, then switch the local record to it (clients that
+    resolve the endpoint follow), noting which store holds which record of this server and model."""
+    import tempfile
+
     probe = record.get("smoke", {}).get("prompt", "Hello!")
-    ref = publish(run, "deployment", "deployment", out, stage="deploy", config=config, inputs={"model": model},
-                  metadata={"endpoint": record["endpoint"]},
-                  metrics={"endpoint": record["endpoint"], "smoke_prompt": probe})
+    Path(run.cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run.cache_dir, prefix=".deployment-") as out:
+        (Path(out) / "deployment.json").write_text(json.dumps(record, indent=2))
+        ref = publish(run, "deployment", "deployment", Path(out), stage="deploy", config=config,
+                      inputs={"model": model}, metadata={"endpoint": record["endpoint"]},
+                      metrics={"endpoint": record["endpoint"], "smoke_prompt": probe})
     previous = read_state(run.name)
-    records = previous.get("records", {}) if previous and previous["pid"] == record["pid"] else {}
-    state = dict(record, records={**records, run.open_store().uri: {"name": ref.name, "version": ref.version}})
-    write_state(run.name, state)
+    same = previous and previous["pid"] == record["pid"] and previous["model"]["digest"] == model.digest
+    records = previous.get("records", {}) if same else {}
+    write_state(run.name, dict(record, records={**records, run.open_store().uri: {"name": ref.name,
+                                                                                  "version": ref.version}}))
     return dataclasses.replace(ref, metrics={**ref.metrics, "action": action})
-
-
-def write_state(name: str, state: dict) -> None:
-    """Atomically: `serve ls` and a concurrent deploy never read half a file."""
-    path = state_dir() / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, path)
 
 
 def describe(state: dict) -> dict:
     """One row of `alignflow serve ls`."""
     alive = pid_alive(state["pid"])
-    return {"name": state["name"], "endpoint": state["endpoint"], "pid": state["pid"],
+    served = f"adapter on {state['base']['served_name']}" if state.get("adapter") else "model"
+    return {"name": state["name"], "endpoint": state["endpoint"], "pid": state["pid"], "serves": served,
             "model": f"{state['model']['name']}@{state['model']['version']}",
             "digest": state["model"]["digest"][7:19], "status": "running" if alive else "dead"}
-

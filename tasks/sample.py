@@ -94,7 +94,7 @@ def generate(model_dir: Path, prompts: list[str], config: SampleSpec, cache_dir:
 def with_vllm(model_dir: Path, prompts: list[str], config: SampleSpec, cache_dir: str, workdir: Path) -> dict:
     """vLLM's offline engine in the serve env (a child process with its own torch)."""
     from tasks import vllm_generate
-    from tasks.deploy import serve_python, server_env
+    from tasks.servers import serve_python, server_env
 
     python = serve_python()
     job, result, log = workdir / "vllm-job.json", workdir / "vllm-result.json", workdir / "vllm.log"

@@ -1,0 +1,171 @@
+"""`alignflow serve ls | url NAME | logs NAME | stop NAME | rollback NAME | k8s NAME`: the model servers deploy
+started on this machine, from their local records (tasks/servers.py).
+
+`url` is what a client resolves before it connects: it reads one small file and prints the live endpoint,
+so a blue/green deploy moves the clients that ask it at the moment its record switches.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from alignflow.errors import AlignflowError
+
+
+def add_parsers(serve) -> None:
+    verbs = serve.add_subparsers(dest="serve_command", required=True)
+    verbs.add_parser("ls", help="servers, what each serves, and whether it runs")
+    for verb, text in (("url", "print the pipeline's live endpoint (OpenAI base URL)"),
+                       ("logs", "the last lines of the pipeline's server log"),
+                       ("rollback", "point production back at the previously served version and deploy it "
+                                    "(blue/green)"),
+                       ("k8s", "a Kubernetes Deployment and Service that serve the same digest with the same "
+                               "flags")):
+        verb_parser = verbs.add_parser(verb, help=text)
+        verb_parser.add_argument("name", help="the pipeline's name (see `alignflow serve ls`)")
+        if verb == "logs":
+            verb_parser.add_argument("-n", "--lines", type=int, default=40)
+        if verb == "k8s":
+            verb_parser.add_argument("--image", default="vllm/vllm-openai:latest", help="the server's image")
+            verb_parser.add_argument("--fetch-image", default="alignflow:latest",
+                                     help="an image with alignflow, for the init container that fetches the model")
+    stop = verbs.add_parser("stop", help="stop a pipeline's server (or take its adapter out of a shared one)")
+    stop.add_argument("name", nargs="?", help="pipeline name of the server to stop")
+    stop.add_argument("--all", action="store_true", help="stop every server")
+
+
+def record(name: str, verb: str) -> dict:
+    from tasks.servers import read_state
+
+    state = read_state(name)
+    if state is None:
+        raise AlignflowError(f"serve {verb}: no server named {name!r}; `alignflow serve ls` lists them")
+    return state
+
+
+def run(args) -> int:
+    return globals()[f"cmd_{args.serve_command.replace('-', '_')}"](args)
+
+
+def cmd_ls(args) -> int:
+    from flows.summary import format_table
+    from tasks.deploy import describe
+    from tasks.servers import all_states
+
+    rows = [describe(s) for s in all_states()]
+    print(format_table(rows, ["name", "status", "endpoint", "pid", "serves", "model", "digest"]) if rows
+          else "no servers")
+    return 0
+
+
+def cmd_url(args) -> int:
+    from alignflow.processes import pid_alive
+
+    state = record(args.name, "url")
+    if not pid_alive(state["pid"]):
+        raise AlignflowError(f"serve url: {args.name}'s server (pid {state['pid']}) is not running; redeploy "
+                             f"(`alignflow run SPEC`) or `alignflow serve rollback {args.name}`")
+    print(state["endpoint"])
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from pathlib import Path
+
+    from tasks.servers import tail
+
+    print(tail(Path(record(args.name, "logs")["log"]), args.lines))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from tasks.servers import all_states, read_state, release, remove_state
+
+    if not args.all and not args.name:
+        raise AlignflowError("serve stop: name a server (see `alignflow serve ls`) or pass --all")
+    states = all_states() if args.all else [s for s in [read_state(args.name)] if s]
+    if not states:
+        raise AlignflowError(f"serve stop: no server named {args.name!r}; `alignflow serve ls` lists them")
+    for state in states:
+        what = release(state, key_for(state, required=False))
+        remove_state(state["name"], state["pid"])
+        print(f"stopped {state['name']} ({state['endpoint']}): {what}")
+    return 0
+
+
+def key_for(state: dict, required: bool = True) -> str | None:
+    """The server's api key, read where its record says it comes from (a Prefect Secret through the API).
+    Stopping needs it only to take an adapter out of a shared server: then a missing key is no error."""
+    from tasks.servers import resolve_key
+
+    source = state.get("api_key") or ""
+    try:
+        if source.startswith("secret:"):
+            from flows.server import prefect_api
+
+            with prefect_api():
+                return resolve_key(source)
+        return resolve_key(source)
+    except AlignflowError:
+        if required:
+            raise
+        return None
+
+
+def cmd_rollback(args) -> int:
+    """Move `production` of the served artifact (and of its evaluation report) back one step, then serve
+    that version with the deployment's own settings, blue/green."""
+    from alignflow.errors import ConflictError
+    from storage.store import default_cache_dir
+    from tasks.deploy import DeployStage, roll_out
+    from tasks.gate import PRODUCTION
+    from tasks.stage import RunContext
+
+    state = record(args.name, "rollback")
+    uri, deployment = served_from(state)
+    run = RunContext(args.name, uri, str(default_cache_dir()), state.get("storage"))
+    store = run.open_store()
+    manifest = store.manifest(store.ref(deployment["name"], deployment["version"]).digest)
+    config = DeployStage.model_validate(manifest["lineage"]["config"]["DeployStage"])
+    served = state["model"]
+    try:
+        version = store.rollback(served["name"], PRODUCTION, expected=served["version"])
+    except ConflictError as exc:
+        raise AlignflowError(f"serve rollback: {exc}; `alignflow artifacts ls {served['name']}` shows where "
+                             "production points") from None
+    try:
+        store.rollback(f"{args.name}/eval-candidate", PRODUCTION)
+    except (AlignflowError, KeyError):
+        pass  # a pipeline without an evaluation has no report to move
+    target = store.ref(served["name"], version)
+    print(f"production of {served['name']}: {served['version']} -> {version}; deploying {target.label}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    prompt = state.get("smoke", {}).get("prompt", "Hello!")
+    if (state.get("api_key") or "").startswith("secret:"):
+        from flows.server import prefect_api
+
+        with prefect_api():
+            ref = roll_out(run, target, config, prompt, logging.getLogger("alignflow.serve"))
+    else:
+        ref = roll_out(run, target, config, prompt, logging.getLogger("alignflow.serve"))
+    print(f"{args.name} serves {target.label} at {ref.metrics['endpoint']}")
+    return 0
+
+
+def served_from(state: dict) -> tuple[str, dict]:
+    """The store that holds the live deployment's record, and that record's name and version."""
+    records = state.get("records") or {}
+    if not records:
+        raise AlignflowError(f"serve: {state['name']}'s record names no store; redeploy it with `alignflow run`")
+    uri = next(iter(records))
+    return uri, records[uri]
+
+
+def cmd_k8s(args) -> int:
+    from deployments.k8s import manifest
+
+    state = record(args.name, "k8s")
+    uri, _ = served_from(state)
+    print(manifest(state, uri, image=args.image, fetch_image=args.fetch_image), end="")
+    return 0
