@@ -2,8 +2,8 @@
 
     download_model -> convert_dataset (sft, preference, eval) -> tokenize -> train_sft -> train_reward_model
       -> preference methods (train_dpo | train_kto | train_orpo | train_cpo; on-policy pairs: sample -> score)
-      -> train_grpo -> merge -> quantize -> evaluate (candidate and base)
-      -> judge (the reward model: candidate vs the SFT policy) -> gate -> deploy
+      -> train_grpo -> merge -> quantize -> evaluate (candidate on its green vLLM server, and base)
+      -> judge (the reward model: candidate vs the SFT policy) -> gate -> deploy (traffic to the green server)
 
 Stages absent from the spec are skipped; each stage receives the newest model so far, so the spec picks
 the shape: SFT alone, SFT then DPO, SFT then GRPO, KTO instead of DPO, ORPO on the base model. Every stage is a
@@ -25,10 +25,10 @@ from storage import ArtifactRef
 from storage.results import result_storage
 from storage.store import default_cache_dir
 from tasks.cpo import train_cpo
-from tasks.deploy import deploy
+from tasks.deploy import deploy, discard_green
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
-from tasks.evaluate import evaluate
+from tasks.evaluate import Serving, evaluate
 from tasks.gate import PRODUCTION, gate
 from tasks.grpo import train_grpo
 from tasks.judge import judge
@@ -85,11 +85,11 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
 
     report, decision = None, None
     if stages.evaluate:
-        report = steps.run(evaluate, run, model, data["eval"], stages.evaluate, "candidate",
-                           label="evaluate[candidate]")
-        base_report = steps.run(evaluate, run, base, data["eval"], stages.evaluate, "base", label="evaluate[base]")
+        report, base_report = evaluate_both(steps, run, stages, model, base, data)
         summary["scores"] = {"metric": report.metrics["metric"], "candidate": report.metrics["score"],
-                             "base": base_report.metrics["score"]}
+                             "base": base_report.metrics["score"], "primary": report.metrics["primary"],
+                             "sets": {name: {"candidate": score, "base": base_report.metrics["sets"].get(name)}
+                                      for name, score in report.metrics["sets"].items()}}
         judged = None
         if reward and model.digest != sft.digest:  # the reward model's verdict: candidate vs SFT policy
             judged = steps.run(judge, run, model, sft, reward, data["eval"], stages.judge)
@@ -98,10 +98,26 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
             decision = steps.run(gate, run, report, base_report, stages.gate, judged)
             steps.later(show_scores, run, report, base_report, decision)
             if not decision["passed"]:
+                discard_green(run.name)  # the candidate's server never takes traffic
                 return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
         return ship(steps, run, spec, summary, adapter or model, report, decision, any_split(data))
     return summary
+
+
+def evaluate_both(steps: Steps, run: RunContext, stages, model: ArtifactRef, base: ArtifactRef,
+                  data: dict) -> tuple[ArtifactRef, ArtifactRef]:
+    """The candidate and the base model, on the same sets with the same settings. With engine vllm, a
+    candidate that deploy will serve as full weights is evaluated on its green server (deploy switches to
+    that very server); the base, and any other candidate, on a scratch server."""
+    config, deploy = stages.evaluate, stages.deploy
+    green = bool(deploy and deploy.mode == "model" and not deploy.port and model.kind == "model")
+    fingerprints = config.fingerprints()
+    report = steps.run(evaluate, run, model, data["eval"], config, "candidate", fingerprints,
+                       Serving(deploy, green, any_split(data)), label="evaluate[candidate]")
+    base_report = steps.run(evaluate, run, base, data["eval"], config, "base", fingerprints,
+                            Serving(deploy, False), label="evaluate[base]")
+    return report, base_report
 
 
 def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, data: dict,

@@ -112,8 +112,13 @@ def render(summary: dict) -> str:
            format_table(summary["steps"], ["stage", "status", "seconds", "artifact", "digest", "metric"])]
     scores = summary.get("scores")
     if scores:
-        out += ["", f"eval ({scores['metric']}): base {scores['base']:.3f}  ->  candidate {scores['candidate']:.3f}"
-                    f"  ({scores['candidate'] - scores['base']:+.3f})"]
+        primary = scores.get("primary", "qa")
+        out += ["", f"eval {primary} ({scores['metric']}, the gate's): base {scores['base']:.3f}  ->  candidate "
+                    f"{scores['candidate']:.3f}  ({scores['candidate'] - scores['base']:+.3f})"]
+        for name, pair in scores.get("sets", {}).items():
+            if name != primary:
+                base = "-" if pair["base"] is None else f"{pair['base']:.3f}"
+                out.append(f"eval {name}: base {base}  ->  candidate {pair['candidate']:.3f}")
         if "win_rate" in scores:
             out.append(f"reward model: the candidate wins {scores['win_rate']:.1%} of held-out prompts against the "
                        "SFT policy")

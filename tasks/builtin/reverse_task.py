@@ -65,6 +65,26 @@ def splits() -> dict[str, list[dict]]:
     }
 
 
+QUESTION = {"en": "What is '{letters}' written backwards?", "zh": "把“{letters}”倒过来写，结果是什么？"}
+
+
+def mcq(language: str, count: int = 40) -> list[dict]:
+    """Multiple-choice questions on held-out sequences, in the CEval/CMMLU columns (id, question, A-D,
+    answer: a letter); the wrong options are the plausible mistakes of the preference split."""
+    rng = random.Random(f"{SEED}-{language}")
+    rows = []
+    for i, letters in enumerate(_all_sequences(random.Random(SEED))[-count:]):
+        right = answer_of(letters)
+        wrong = {" ".join(letters), " ".join(sorted(letters)), " ".join(reversed(letters[1:])) + " " + letters[0]}
+        while len(wrong - {right}) < 3:
+            wrong.add(" ".join(rng.sample(ALPHABET, len(letters))))
+        options = [right] + rng.sample(sorted(wrong - {right}), 3)
+        rng.shuffle(options)
+        rows.append({"id": i, "question": QUESTION[language].format(letters=" ".join(letters)),
+                     **dict(zip("ABCD", options)), "answer": "ABCD"[options.index(right)]})
+    return rows
+
+
 def corpus() -> list[str]:
     """Text the built-in tokenizer is trained on: every prompt and answer the task can produce."""
     rng = random.Random(SEED)

@@ -80,6 +80,23 @@ def test_immediate_rerun_is_all_cached_and_fast(demo):
     assert ratio <= 0.15
 
 
+def test_the_served_score_is_the_transformers_score_and_mcq_is_reported_beside_it(demo):
+    """The cold run scored the candidate through its vLLM server (the one deploy then switched to); scoring
+    the same model with transformers (EvalScope's llm_ckpt) gives the same exact match within 0.05."""
+    served = demo["cold"].summary["scores"]
+    assert served["primary"] == "qa" and set(served["sets"]) == {"qa", "mcq-en", "mcq-zh"}
+    assert 0 <= served["sets"]["mcq-zh"]["candidate"] <= 1
+    report = demo["store"].ref("demo/eval-candidate")
+    assert json.loads((demo["store"].get_dir(report) / "report.json").read_text())["engine"] == "vllm"
+    ckpt = run_cli("demo", "--store", str(demo["store_dir"]), "--set", "stages.evaluate.engine=llm_ckpt")
+    assert ckpt.code == 0, ckpt.output[-4000:]
+    assert ckpt.status()["evaluate[candidate]"] == "ran" and ckpt.status()["deploy"] == "unchanged"
+    local = ckpt.summary["scores"]
+    print(f"candidate exact match: vLLM {served['candidate']:.3f}, transformers {local['candidate']:.3f}; "
+          f"mcq-en {served['sets']['mcq-en']['candidate']:.3f} vs {local['sets']['mcq-en']['candidate']:.3f}")
+    assert abs(local["candidate"] - served["candidate"]) <= 0.05
+
+
 def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(demo):
     store = demo["store"]
     old_digest = deployment_record(store)["model"]["digest"]
