@@ -127,14 +127,19 @@ def show_evaluation(name: str, metric: str, candidate: ArtifactRef, base: Artifa
                           description=f"EvalScope {metric}: candidate vs production vs base")
 
 
-def show_endpoint(name: str, endpoint: str, model: ArtifactRef) -> None:
-    from prefect.artifacts import create_link_artifact
+def show_endpoint(name: str, endpoint: str, model: ArtifactRef, load_test: list[dict] | None = None) -> None:
+    """The live endpoint as a link, and the load test measured against it as a table."""
+    from prefect.artifacts import create_link_artifact, create_table_artifact
 
     from tasks.report import artifact_key
 
     create_link_artifact(key=artifact_key(name, "endpoint"), link=f"{endpoint}/models",
                          link_text=f"{name}: {model.label} at {endpoint}",
                          description="the live OpenAI-compatible endpoint")
+    if load_test and "error" not in load_test[0]:
+        create_table_artifact(key=artifact_key(name, "load-test"), table=load_test,
+                              description=f"evalscope perf against {endpoint} ({model.label}): output tokens/s, "
+                                          "requests/s, time to first token and latency by concurrency")
 
 
 NOT_SHIPPED_EVENT = "alignflow.candidate.not-shipped"

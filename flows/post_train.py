@@ -3,6 +3,7 @@
     download_model -> convert_dataset (sft, preference, eval) -> tokenize -> train_sft -> train_reward_model
       -> preference methods (train_dpo | train_kto | train_orpo | train_cpo; on-policy pairs: sample -> score)
       -> train_grpo -> merge -> quantize -> evaluate (candidate on its green vLLM server, and base)
+      -> evaluate the unquantized model, quantize_quality (the primary score's loss, max_quality_drop)
       -> judge (the reward model: candidate vs the SFT policy) -> gate -> deploy (traffic to the green server)
 
 Stages absent from the spec are skipped; each stage receives the newest model so far, so the spec picks
@@ -35,7 +36,7 @@ from tasks.judge import judge
 from tasks.kto import train_kto
 from tasks.merge import merge
 from tasks.orpo import train_orpo
-from tasks.quantize import quantize
+from tasks.quantize import quantize, quantize_quality
 from tasks.reward import train_reward_model
 from tasks.sample import sample
 from tasks.score import score
@@ -79,13 +80,17 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     adapter = model if model.kind == "adapter" and stages.deploy and stages.deploy.mode == "adapter" else None
     if model.kind == "adapter" and (adapter is None or stages.evaluate):  # what is evaluated: full weights
         model = steps.run(merge, run, model, any_split(data), stages.merge)
+    unquantized = None
     if stages.quantize and stages.quantize.method != "none":
+        unquantized = model
         model = steps.run(quantize, run, model, data.get("sft") or any_split(data), stages.quantize)
     summary.update(model=model.label, digest=model.digest)
 
     report, decision = None, None
     if stages.evaluate:
         report, base_report = evaluate_both(steps, run, stages, model, base, data)
+        if unquantized is not None:
+            summary["quantization"] = check_quantization(steps, run, stages, unquantized, model, report, data)
         summary["scores"] = {"metric": report.metrics["metric"], "candidate": report.metrics["score"],
                              "base": base_report.metrics["score"], "primary": report.metrics["primary"],
                              "sets": {name: {"candidate": score, "base": base_report.metrics["sets"].get(name)}
@@ -118,6 +123,21 @@ def evaluate_both(steps: Steps, run: RunContext, stages, model: ArtifactRef, bas
     base_report = steps.run(evaluate, run, base, data["eval"], config, "base", fingerprints,
                             Serving(deploy, False), label="evaluate[base]")
     return report, base_report
+
+
+def check_quantization(steps: Steps, run: RunContext, stages, unquantized: ArtifactRef, quantized: ArtifactRef,
+                       report: ArtifactRef, data: dict) -> dict:
+    """The primary score before quantization (on a scratch server) against the candidate's; a loss above
+    `max_quality_drop` fails the run, and the candidate's green server stops: it never took traffic."""
+    primary = stages.evaluate.model_copy(update={"sets": [s for s in stages.evaluate.sets
+                                                          if s.name == stages.evaluate.primary]})
+    before = steps.run(evaluate, run, unquantized, data["eval"], primary, "unquantized", primary.fingerprints(),
+                       Serving(stages.deploy, False), label="evaluate[unquantized]")
+    try:
+        return steps.run(quantize_quality, run, quantized, before, report, stages.quantize)
+    except BaseException:
+        discard_green(run.name)
+        raise
 
 
 def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, data: dict,
@@ -157,9 +177,11 @@ def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model
                 with contextlib.suppress(ConflictError):
                     store.rollback(report.name, PRODUCTION, expected=report.version)
             raise
-        steps.later(show_endpoint, spec.name, deployment.metrics["endpoint"], model)
+        steps.later(show_endpoint, spec.name, deployment.metrics["endpoint"], model,
+                    deployment.metrics.get("load_test"))
         summary.update(endpoint=deployment.metrics["endpoint"], deployment=deployment.label,
-                       probe=deployment.metrics.get("smoke_prompt", "hello"))
+                       probe=deployment.metrics.get("smoke_prompt", "hello"),
+                       load_test=deployment.metrics.get("load_test"))
     store.promote(model, PRODUCTION)
     summary["production"] = model.label
     return summary

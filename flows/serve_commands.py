@@ -146,9 +146,9 @@ def cmd_rollback(args) -> int:
         from flows.server import prefect_api
 
         with prefect_api():
-            ref = roll_out(run, target, config, prompt, logging.getLogger("alignflow.serve"))
+            ref = roll_out(run, target, config, [prompt], logging.getLogger("alignflow.serve"))
     else:
-        ref = roll_out(run, target, config, prompt, logging.getLogger("alignflow.serve"))
+        ref = roll_out(run, target, config, [prompt], logging.getLogger("alignflow.serve"))
     print(f"{args.name} serves {target.label} at {ref.metrics['endpoint']}")
     return 0
 

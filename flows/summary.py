@@ -74,6 +74,9 @@ class Steps:
         row = {"stage": label, "status": status, "seconds": round(seconds, 1)}
         if isinstance(result, dict) and "passed" in result:  # the gate's decision
             row["metric"] = "passed" if result["passed"] else "rejected"
+        elif isinstance(result, dict):  # a check's verdict: its key metric
+            metric = DECLARATIONS[task.name].key_metric if task.name in DECLARATIONS else None
+            row["metric"] = f"{metric}={result[metric]}" if metric in result else ""
         if isinstance(result, ArtifactRef):
             metric = DECLARATIONS[task.name].key_metric if task.name in DECLARATIONS else None
             row.update(artifact=result.label, digest=result.short_digest,
@@ -119,11 +122,21 @@ def render(summary: dict) -> str:
             if name != primary:
                 base = "-" if pair["base"] is None else f"{pair['base']:.3f}"
                 out.append(f"eval {name}: base {base}  ->  candidate {pair['candidate']:.3f}")
+        quality = summary.get("quantization")
+        if quality:
+            out.append(f"quantize {quality['method']}: {quality['set']} {quality['before']:.3f} unquantized -> "
+                       f"{quality['after']:.3f} ({quality['after'] - quality['before']:+.3f}); weights "
+                       f"{quality['weights_mb_before']:.2f} MB -> {quality['weights_mb']:.2f} MB")
         if "win_rate" in scores:
             out.append(f"reward model: the candidate wins {scores['win_rate']:.1%} of held-out prompts against the "
                        "SFT policy")
     for reason in summary.get("reasons", []):
         out.append(f"gate: {reason}")
+    load = [row for row in summary.get("load_test") or [] if "error" not in row]
+    if load:
+        out += ["", "load test (evalscope perf):",
+                format_table(load, ["concurrency", "requests", "succeeded", "output_tok_s", "req_s", "ttft_ms_p50",
+                                    "latency_s_p50", "latency_s_p99"])]
     if summary.get("endpoint"):
         out += ["", f"serving {summary['model']} at {summary['endpoint']} as model {summary['name']!r}",
                 "try it:", f"  curl -s {summary['endpoint']}/chat/completions -H 'Content-Type: application/json' \\",

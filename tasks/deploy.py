@@ -28,7 +28,8 @@ from alignflow.errors import ConfigError, StageError, StorageError
 from alignflow.processes import free_port, pid_alive
 from storage import ArtifactRef, ArtifactStore
 from tasks.config import StageConfig
-from tasks.models import first_question
+from tasks.load_test import LoadTest, measure_live
+from tasks.models import first_question, questions
 from tasks.servers import (
     all_states,
     chat_template,
@@ -77,6 +78,9 @@ class DeployStage(StageConfig):
                                                                  "takes requests this long, then finishes what "
                                                                  "it has before it stops")
     drain_timeout: float = Field(120.0, ge=0, le=86400, description="the longest wait for those requests")
+    load_test: Optional[LoadTest] = Field(default_factory=LoadTest, description="evalscope perf against the live "
+                                                                                "endpoint after each new deploy "
+                                                                                "(empty: none)")
     python: Optional[str] = Field(None, description="the serve env's python (empty: $ALIGNFLOW_SERVE_PYTHON, "
                                                     "else .venv-serve beside the project)")
     extra_args: list[str] = Field(default_factory=list, description="appended to the vLLM command line, e.g. "
@@ -93,12 +97,14 @@ class DeployStage(StageConfig):
 def deploy(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None) -> ArtifactRef:
     from prefect import get_run_logger
 
-    prompt = first_question(run.open_store().get_dir(probe) / "data.jsonl") if probe else "Hello!"
-    return roll_out(run, model, config, prompt, get_run_logger())
+    prompts = questions(run.open_store().get_dir(probe) / "data.jsonl", 64) if probe else ["Hello!"]
+    return roll_out(run, model, config, prompts, get_run_logger())
 
 
-def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompt: str, logger) -> ArtifactRef:
-    """Make `model` what the pipeline's name serves (see the module's docstring); returns the record."""
+def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompts: list[str], logger) -> ArtifactRef:
+    """Make `model` what the pipeline's name serves (see the module's docstring); returns the record.
+    `prompts`: the smoke request (the first) and the load test's."""
+    prompt = prompts[0]
     key = resolve_key(config.api_key)
     current = read_state(run.name)
     if current and serves(current, model.digest, key):
@@ -124,13 +130,22 @@ def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompt: s
                          f"keeps serving. Last lines of {record['log']}:\n{tail_of(record)}") from exc
     logger.info("deploy: smoke request %r -> %r (%s)", prompt, record["smoke"]["answer"],
                 record["smoke"]["finish_reason"])
-    ref = record_deployment(run, model, config, record, "started")
+    switch(run.name, record)
     remove_state(run.name + GREEN, record["pid"])  # the green server is the live one now
     if current and current["pid"] != record["pid"]:
         logger.info("deploy: %s now answers at %s; draining the previous server (pid %d)", run.name,
                     record["endpoint"], current["pid"])
         logger.info("deploy: previous server: %s", release(current, key, config.drain_seconds, config.drain_timeout))
-    return ref
+    if config.load_test:
+        record["load_test"] = measure_live(record, config.load_test, prompts, key, run, logger)
+    return record_deployment(run, model, config, record, "started")
+
+
+def switch(name: str, record: dict) -> None:
+    """Point the pipeline's record at `record`'s server: from here on `serve url` answers its endpoint."""
+    previous = read_state(name)
+    same = previous and previous["pid"] == record["pid"] and previous["model"]["digest"] == record["model"]["digest"]
+    write_state(name, dict(record, records=previous.get("records", {}) if same else {}))
 
 
 GREEN = "~green"  # the record of a pipeline's server that is up and evaluated but not yet live
@@ -319,12 +334,13 @@ def record_deployment(run: RunContext, model: ArtifactRef, config: DeployStage, 
     import tempfile
 
     probe = record.get("smoke", {}).get("prompt", "Hello!")
+    load = {"load_test": record["load_test"]} if record.get("load_test") else {}
     Path(run.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run.cache_dir, prefix=".deployment-") as out:
         (Path(out) / "deployment.json").write_text(json.dumps(record, indent=2))
         ref = publish(run, "deployment", "deployment", Path(out), stage="deploy", config=config,
                       inputs={"model": model}, metadata={"endpoint": record["endpoint"]},
-                      metrics={"endpoint": record["endpoint"], "smoke_prompt": probe})
+                      metrics={"endpoint": record["endpoint"], "smoke_prompt": probe, **load})
     previous = read_state(run.name)
     same = previous and previous["pid"] == record["pid"] and previous["model"]["digest"] == model.digest
     records = previous.get("records", {}) if same else {}

@@ -91,13 +91,12 @@ def chat_texts(data_file: Path, tokenizer, limit: int, with_answers: bool = True
     return [render(tokenizer, messages) for messages in conversations(data_file, limit, with_answers)]
 
 
+def questions(data_file: Path, limit: int) -> list[str]:
+    """The first user prompt of up to `limit` rows: what deploy's smoke request and load test ask."""
+    return [next(m["content"] for m in messages if m["role"] == "user")
+            for messages in conversations(data_file, limit, with_answers=False)]
+
+
 def first_question(data_file: Path) -> str:
     """The first user prompt in a canonical dataset: what the deploy smoke test asks."""
-    import json
-
-    with open(data_file, encoding="utf-8") as f:
-        row = json.loads(f.readline())
-    if "question" in row:
-        return row["question"]
-    messages = row.get("messages") or row["prompt"]
-    return next(m["content"] for m in messages if m["role"] == "user")
+    return questions(data_file, 1)[0]

@@ -1,44 +1,83 @@
-"""Stage `quantize`: post-training quantization with llm-compressor, saved as compressed-tensors.
+"""Stage `quantize`: post-training quantization with llm-compressor, saved as compressed-tensors; and its
+quality check, `quantize_quality`, which compares the primary score before and after.
 
-    w8a8    SmoothQuant + GPTQ, int8 weights and activations (vLLM serves it on CPU and GPU)
-    w4a16   GPTQ int4 weights (vLLM serves it on GPU; not on x86 CPU)
-Calibration uses prompts from the SFT dataset rendered with the chat template. `method: none` is
-handled by the flow (the stage is skipped).
+    w8a8              SmoothQuant + GPTQ, int8 weights and activations (vLLM on CPU and GPU)
+    w4a16             GPTQ int4 weights, 16-bit activations (vLLM on GPU; the x86 CPU build lacks the kernel)
+    int8_weight_only  GPTQ int8 weights, 16-bit activations (vLLM on GPU; its CPU kernel takes int4 only)
+    fp8               FP8 weights and dynamic per-token FP8 activations, no calibration (vLLM on GPU and,
+                      by vLLM 0.32's fallback, on CPU)
+Calibration uses prompts from the SFT dataset rendered with the chat template. `method: none` is handled
+by the flow (the stage is skipped). A method the serving target cannot run is refused before any work.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Optional
 
 from pydantic import Field
 
+from alignflow.errors import StageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.models import chat_texts
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
+SERVABLE = {"cpu": ("w8a8", "fp8"), "gpu": ("w8a8", "w4a16", "int8_weight_only", "fp8")}  # vLLM's kernels
+
+
+def has_gpu() -> bool:
+    """An NVIDIA GPU is visible here (the driver's device list; no CUDA import)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
 
 class QuantizeStage(StageConfig):
-    """Post-training quantization with llm-compressor, saved as compressed-tensors."""
+    """Post-training quantization with llm-compressor, saved as compressed-tensors, with a quality check."""
 
-    method: Literal["w8a8", "w4a16", "none"] = Field(
-        "w8a8", description="w8a8: SmoothQuant + GPTQ int8 (vLLM on CPU and GPU); w4a16: GPTQ int4 weights "
-                            "(GPU serving); none: skip")
+    method: Literal["w8a8", "w4a16", "int8_weight_only", "fp8", "none"] = Field(
+        "w8a8", description="w8a8: SmoothQuant + GPTQ int8 weights and activations; w4a16: GPTQ int4 weights; "
+                            "int8_weight_only: GPTQ int8 weights; fp8: FP8 weights and activations (no "
+                            "calibration); none: skip")
     calibration_samples: int = Field(64, ge=1, le=100000, description="rows of the SFT data used to calibrate")
     max_length: int = Field(512, ge=8, le=1048576, description="calibration sequence length in tokens")
+    max_quality_drop: Optional[float] = Field(None, ge=0, le=1, description="fail when the primary score falls "
+                                                                            "by more than this (needs "
+                                                                            "stages.evaluate)")
+    target: Literal["auto", "cpu", "gpu"] = Field("auto", description="the vLLM that will serve the model: auto is "
+                                                                      "this machine's (a GPU if one is visible)")
+
+    def needs(self) -> tuple[str, ...]:
+        return ("stages.evaluate",) if self.max_quality_drop is not None else ()
+
+    def serving_target(self) -> str:
+        return self.target if self.target != "auto" else ("gpu" if has_gpu() else "cpu")
+
+    def problems(self) -> list[str]:
+        target = self.serving_target()
+        if self.method == "none" or self.method in SERVABLE[target]:
+            return []
+        return [f"stages.quantize.method: vLLM on {target.upper()} cannot run {self.method} models; choose one of "
+                f"{', '.join(SERVABLE[target])} (or target: gpu to export for GPU serving elsewhere)"]
 
 
 def recipe(method: str) -> list:
-    from llmcompressor.modifiers.quantization import GPTQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    if method == "w4a16":
-        return [GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])]
+    if method == "fp8":
+        return [QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])]
+    if method in ("w4a16", "int8_weight_only"):
+        scheme = "W4A16" if method == "w4a16" else "W8A16"
+        return [GPTQModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])]
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
     return [SmoothQuantModifier(smoothing_strength=0.8),
             GPTQModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
+
+
+def weights_mb(folder: Path) -> float:
+    return round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 2**20, 3)
 
 
 @stage("quantize", config=QuantizeStage, key_metric="weights_mb", libraries=LIBRARIES, uses=("tasks.models",),
@@ -60,11 +99,34 @@ def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, conf
                           len(texts), log_file)
     # llm-compressor logs every module it touches through loguru, which the stage's redirect misses
     configure_logger(LoggerConfig(console_log_level=None, log_file=str(log_file), log_file_level="INFO"))
+    # no shuffling: its sampler is unseeded, and the order changes GPTQ's sums (so the bytes, so the digest)
     oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method),
-            max_seq_length=config.max_length, num_calibration_samples=len(texts))
+            max_seq_length=config.max_length, num_calibration_samples=len(texts), shuffle_calibration_samples=False)
     lm.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
-    size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     return publish(run, "quantized", "model", out, stage="quantize", config=config,
                    inputs={"model": model, "calibration": calibration}, libraries=LIBRARIES,
-                   metadata={"quantization": config.method}, metrics={"weights_mb": round(size / 2**20, 3)})
+                   metadata={"quantization": config.method},
+                   metrics={"weights_mb": weights_mb(out), "weights_mb_before": weights_mb(src)})
+
+
+@stage("quantize_quality", config=QuantizeStage, key_metric="drop")
+def quantize_quality(run: RunContext, quantized: ArtifactRef, before: ArtifactRef, after: ArtifactRef,
+                     config: QuantizeStage) -> dict:
+    """The primary score of the model before quantization (`before`, an eval report) and after (`after`):
+    fail with both numbers when it fell by more than `max_quality_drop`."""
+    from prefect import get_run_logger
+
+    metric, old, new = after.metrics["metric"], before.metrics["score"], after.metrics["score"]
+    quality = {"method": config.method, "set": after.metrics["primary"], "metric": metric, "before": old,
+               "after": new, "drop": round(old - new, 4), "weights_mb_before": quantized.metrics["weights_mb_before"],
+               "weights_mb": quantized.metrics["weights_mb"]}
+    get_run_logger().info("quantize %s: %s %s %.3f -> %.3f (%+.3f); weights %.3f MB -> %.3f MB", config.method,
+                          quality["set"], metric, old, new, new - old, quality["weights_mb_before"],
+                          quality["weights_mb"])
+    if config.max_quality_drop is not None and old - new > config.max_quality_drop:
+        raise StageError(f"quantize: {config.method} lost {old - new:.3f} of {quality['set']} {metric} ({old:.3f} "
+                         f"unquantized -> {new:.3f} quantized), more than max_quality_drop "
+                         f"{config.max_quality_drop:.3f}; try w8a8 or more calibration_samples, raise "
+                         "max_quality_drop, or set method: none")
+    return quality

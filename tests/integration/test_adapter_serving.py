@@ -22,7 +22,7 @@ data: {{sft: {data}}}
 stages:
   sft: {{tuner: lora, epochs: 3, learning_rate: 1.0e-2, batch_size: 16, max_length: 48,
         lora: {{r: 8, alpha: 16, dropout: 0.0}}}}
-  deploy: {{mode: adapter, max_model_len: 128}}
+  deploy: {{mode: adapter, max_model_len: 128, load_test: null}}
 store: {store}
 """
 PROMPTS = ["reverse: a b c", "reverse: q r", "reverse: x y z w"]

@@ -74,8 +74,8 @@ data:
   on_bad_rows: skip
 stages:
   sft: {{tuner: full, epochs: 3, learning_rate: 3.0e-3, batch_size: 16, max_length: 64}}
-  evaluate: {{metric: exact_match, max_tokens: 16, batch_size: 50}}
-  deploy: {{backend: vllm, host: 127.0.0.1, port: 0, max_model_len: 256}}
+  evaluate: {{engine: llm_ckpt, metric: exact_match, max_tokens: 16, batch_size: 50}}
+  deploy: {{backend: vllm, host: 127.0.0.1, port: 0, max_model_len: 256, load_test: null}}
 store: {store_dir}
 """)
     result = run_cli("run", str(spec))

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 UPSTREAM = ["download_model", "convert_dataset[sft]", "convert_dataset[preference]", "convert_dataset[eval]",
             "tokenize", "train_sft", "train_reward_model"]
-DOWNSTREAM_OF_DPO = ["train_dpo", "merge", "quantize", "evaluate[candidate]"]
+DOWNSTREAM_OF_DPO = ["train_dpo", "merge", "quantize", "evaluate[candidate]", "evaluate[unquantized]",
+                     "quantize_quality"]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,21 @@ def test_the_served_score_is_the_transformers_score_and_mcq_is_reported_beside_i
     assert abs(local["candidate"] - served["candidate"]) <= 0.05
 
 
+def test_the_quantized_score_is_reported_beside_the_unquantized_and_a_larger_loss_fails(demo):
+    quality = demo["cold"].summary["quantization"]
+    assert quality["method"] == "w8a8" and quality["set"] == "qa" and quality["metric"] == "exact_match"
+    assert quality["after"] == demo["cold"].summary["scores"]["candidate"]
+    assert quality["weights_mb"] < quality["weights_mb_before"] / 2
+    assert quality["drop"] > 0  # w8a8 costs the demo's model one answer in 200 (0.985 -> 0.980 here)
+    limit = round(quality["drop"] / 2, 4)
+    deployments = demo["store"].versions("demo/deployment")
+    strict = run_cli("demo", "--store", str(demo["store_dir"]), "--set", f"stages.quantize.max_quality_drop={limit}")
+    assert strict.code != 0
+    message = f"{quality['before']:.3f} unquantized -> {quality['after']:.3f} quantized"
+    assert message in strict.stderr and f"max_quality_drop {limit:.3f}" in strict.stderr, strict.output[-3000:]
+    assert demo["store"].versions("demo/deployment") == deployments  # nothing new was served
+
+
 def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(demo):
     store = demo["store"]
     old_digest = deployment_record(store)["model"]["digest"]
@@ -109,6 +125,11 @@ def test_changing_dpo_beta_reruns_only_dpo_and_what_follows(demo):
     assert record["model"]["digest"] == changed.summary["digest"] != old_digest
     assert chat(record["endpoint"], "reverse: a b c")["finish_reason"] == "stop"
     assert store.manifest(store.ref("demo/dpo").digest)["lineage"]["config"]["DPOStage"]["beta"] == 0.3
+    load = changed.summary["load_test"]  # evalscope perf against the new live endpoint
+    assert [row["concurrency"] for row in load] == [1, 4, 16], load
+    assert all(row["succeeded"] == row["requests"] == 2 * row["concurrency"] for row in load), load
+    assert all(row["output_tok_s"] > 0 and row["latency_s_p99"] >= row["latency_s_p50"] > 0 for row in load), load
+    assert record["load_test"] == load
 
 
 def test_serve_stop_leaves_nothing_running(demo, session_home):

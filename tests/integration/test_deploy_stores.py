@@ -16,7 +16,7 @@ SERVE_ONLY = """
 name: twostores
 model: builtin://tiny-qwen2
 stages:
-  deploy: {{max_model_len: 128}}
+  deploy: {{max_model_len: 128, load_test: null}}
 store: {store}
 """
 

@@ -106,6 +106,9 @@ stages:
     assert "score 0.000 is below min_score 0.500" in result.stdout
     assert "deploy" not in result.status() and "endpoint" not in result.summary
     assert open_store(str(tmp_path / "store")).versions("small/deployment") == []
+    # the candidate was evaluated on its own new server (engine vllm), which never took traffic: stopped
+    assert "green server is up" in result.output
+    assert "small" not in run_cli("serve", "ls").stdout
 
 
 def test_bad_rows_stop_the_run_before_training_listing_each_row_without_a_traceback(tmp_path):

@@ -21,7 +21,7 @@ stages:
   sft: {{tuner: full, learning_rate: 3.0e-3, batch_size: 16, max_length: 64, trainer_args: {{max_steps: 80}}}}
   reward: {{learning_rate: 1.0e-3, batch_size: 16, max_length: 64}}
 """
-DPO = """  evaluate: {max_tokens: 16, batch_size: 50, limit: 40}
+DPO = """  evaluate: {engine: llm_ckpt, max_tokens: 16, batch_size: 50, limit: 40}
   judge: {prompts: 100, max_tokens: 16}
   dpo: {tuner: lora, epochs: 2, learning_rate: 1.0e-3, batch_size: 16, max_length: 64, lora: {r: 8, alpha: 16},
         pairs: on_policy, sampling: {k: 4, max_tokens: 16, max_prompts: 400}}

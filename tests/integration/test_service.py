@@ -40,7 +40,7 @@ stages:
         trainer_args: {{max_steps: 40}}}}
   dpo: {{tuner: lora, beta: 0.1, learning_rate: 1.0e-3, batch_size: 16, max_length: 64,
         trainer_args: {{max_steps: 8}}, lora: {{r: 8, alpha: 16, dropout: 0.0}}}}
-  evaluate: {{max_tokens: 8, limit: 20, batch_size: 20}}
+  evaluate: {{engine: llm_ckpt, max_tokens: 8, limit: 20, batch_size: 20}}
   gate: {{min_score: 0.0}}
 store: {store}
 retry: {{retries: 1, delay_seconds: 1}}

@@ -34,7 +34,7 @@ name: shop
 model: {model}
 data: {{eval: builtin://reverse/eval}}
 stages:
-  deploy: {{max_model_len: 128, api_key: "env:SHOP_KEY", drain_seconds: 3}}
+  deploy: {{max_model_len: 128, api_key: "env:SHOP_KEY", drain_seconds: 3, load_test: null}}
 store: {store}
 """
 
