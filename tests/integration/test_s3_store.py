@@ -32,11 +32,14 @@ def all_keys(prefix: str) -> dict[str, str]:
     return keys
 
 
+SKIP_SERVING = ("--skip", "deploy", "--set", "stages.evaluate.engine=llm_ckpt")  # the store is the subject here
+
+
 @pytest.fixture(scope="module")
 def s3_demo(s3_server, tmp_path_factory):
     prefix = f"demo-{uuid.uuid4().hex[:8]}"
     uri = f"s3://{BUCKET}/{prefix}"
-    first = run_cli("demo", "--store", uri, "--skip", "deploy")
+    first = run_cli("demo", "--store", uri, *SKIP_SERVING)
     assert first.code == 0, first.output[-5000:]
     return {"uri": uri, "prefix": prefix, "first": first, "tmp": tmp_path_factory.mktemp("s3demo")}
 
@@ -44,7 +47,7 @@ def s3_demo(s3_server, tmp_path_factory):
 def test_second_machine_gets_every_stage_from_the_bucket(s3_demo):
     before = all_keys(s3_demo["prefix"] + "/")
     fresh = s3_demo["tmp"] / "machine-2"
-    second = run_cli("demo", "--store", s3_demo["uri"], "--skip", "deploy",
+    second = run_cli("demo", "--store", s3_demo["uri"], *SKIP_SERVING,
                      env={"PREFECT_HOME": str(fresh / "prefect"), "ALIGNFLOW_CACHE": str(fresh / "cache"),
                           "ALIGNFLOW_HOME": str(fresh / "state")})
     assert second.code == 0, second.output[-5000:]
