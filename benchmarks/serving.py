@@ -81,7 +81,10 @@ class PlainServer:
             def log_message(self, *args):
                 pass
 
-        self.http = HTTPServer(("127.0.0.1", 0), Handler)  # not threading: one request at a time
+        class Queueing(HTTPServer):  # not threading: one request at a time; the others wait in the backlog
+            request_queue_size = 256  # (the default 5 resets connections at concurrency 16)
+
+        self.http = Queueing(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.http.server_port}/v1/completions"
 
