@@ -99,18 +99,25 @@ def key_for(state: dict, required: bool = True) -> str | None:
     Stopping needs it only to take an adapter out of a shared server: then a missing key is no error."""
     from tasks.servers import resolve_key
 
-    source = state.get("api_key") or ""
     try:
-        if source.startswith("secret:"):
-            from flows.server import prefect_api
-
-            with prefect_api():
-                return resolve_key(source)
-        return resolve_key(source)
+        with key_api(state):
+            return resolve_key(state.get("api_key"))
     except AlignflowError:
         if required:
             raise
         return None
+
+
+def key_api(state: dict):
+    """Where the record's key can be read: a Prefect Secret needs the Prefect API, an environment variable
+    nothing."""
+    import contextlib
+
+    if (state.get("api_key") or "").startswith("secret:"):
+        from flows.server import prefect_api
+
+        return prefect_api()
+    return contextlib.nullcontext()
 
 
 def cmd_rollback(args) -> int:
@@ -142,12 +149,7 @@ def cmd_rollback(args) -> int:
     print(f"production of {served['name']}: {served['version']} -> {version}; deploying {target.label}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     prompt = state.get("smoke", {}).get("prompt", "Hello!")
-    if (state.get("api_key") or "").startswith("secret:"):
-        from flows.server import prefect_api
-
-        with prefect_api():
-            ref = roll_out(run, target, config, [prompt], logging.getLogger("alignflow.serve"))
-    else:
+    with key_api(state):  # roll_out reads the key where the deployment's settings say
         ref = roll_out(run, target, config, [prompt], logging.getLogger("alignflow.serve"))
     print(f"{args.name} serves {target.label} at {ref.metrics['endpoint']}")
     return 0

@@ -143,9 +143,15 @@ def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompts: 
 
 def switch(name: str, record: dict) -> None:
     """Point the pipeline's record at `record`'s server: from here on `serve url` answers its endpoint."""
+    write_state(name, dict(record, records=kept_records(name, record)))
+
+
+def kept_records(name: str, record: dict) -> dict:
+    """Which store holds which deployment record, as the pipeline's local record says: kept only while it
+    names the same server serving the same digest."""
     previous = read_state(name)
     same = previous and previous["pid"] == record["pid"] and previous["model"]["digest"] == record["model"]["digest"]
-    write_state(name, dict(record, records=previous.get("records", {}) if same else {}))
+    return previous.get("records", {}) if same else {}
 
 
 GREEN = "~green"  # the record of a pipeline's server that is up and evaluated but not yet live
@@ -341,9 +347,7 @@ def record_deployment(run: RunContext, model: ArtifactRef, config: DeployStage, 
         ref = publish(run, "deployment", "deployment", Path(out), stage="deploy", config=config,
                       inputs={"model": model}, metadata={"endpoint": record["endpoint"]},
                       metrics={"endpoint": record["endpoint"], "smoke_prompt": probe, **load})
-    previous = read_state(run.name)
-    same = previous and previous["pid"] == record["pid"] and previous["model"]["digest"] == model.digest
-    records = previous.get("records", {}) if same else {}
+    records = kept_records(run.name, record)
     write_state(run.name, dict(record, records={**records, run.open_store().uri: {"name": ref.name,
                                                                                   "version": ref.version}}))
     return dataclasses.replace(ref, metrics={**ref.metrics, "action": action})
