@@ -116,29 +116,37 @@ def start_vllm(model_dir: Path, work: Path) -> tuple[dict, float]:
 
 
 def throughput(model_dir: Path, work: Path, count: int, max_tokens: int) -> None:
+    """Both servers up at once (an idle vLLM takes under 3% of a core); at each level every way runs twice,
+    in the order A B C then C B A, and the two are averaged: a machine whose speed drifts during the run
+    (this one's halves after its first minute of load) favours no way."""
     from tasks.deploy import stop_server
 
     prompts = prompts_of(count)
-    plain = PlainServer(model_dir)
-    drive(plain.url, "bench", prompts[:2], 1, 4)  # warm up
-    rows = {level: {"plain": drive(plain.url, "bench", prompts, level, max_tokens),
-                    "batched": plain.batched(prompts, level, max_tokens)} for level in LEVELS}
-    plain.http.shutdown()
-    del plain
     record, start = start_vllm(model_dir, work)
+    plain = PlainServer(model_dir)
+    url = f"{record['endpoint']}/completions"
+    ways = {"vllm": lambda level: drive(url, record["served_name"], prompts, level, max_tokens),
+            "plain": lambda level: drive(plain.url, "bench", prompts, level, max_tokens),
+            "batched": lambda level: plain.batched(prompts, level, max_tokens)}
+    rows = {level: {way: [] for way in ways} for level in LEVELS}
     try:
-        url = f"{record['endpoint']}/completions"
-        drive(url, record["served_name"], prompts[:2], 1, 4)
+        drive(url, record["served_name"], prompts[:2], 1, 4)  # warm up both
+        drive(plain.url, "bench", prompts[:2], 1, 4)
         for level in LEVELS:
-            rows[level]["vllm"] = drive(url, record["served_name"], prompts, level, max_tokens)
+            for order in (list(ways), list(reversed(ways))):
+                for way in order:
+                    rows[level][way].append(ways[way](level))
     finally:
+        plain.http.shutdown()
         stop_server(record)
-    print(f"throughput: {count} prompts x {max_tokens} new tokens, output tokens/s (vLLM start-up {start:.0f} s, "
-          "not counted)")
-    print("  concurrency   vllm    plain  batched   vllm/plain  vllm/batched")
+    print(f"throughput: {count} prompts x {max_tokens} new tokens, output tokens/s, mean of two passes "
+          f"(vLLM start-up {start:.0f} s, not counted)")
+    print("  concurrency   vllm    plain  batched   vllm/plain  vllm/batched   (each pass: vllm, plain, batched)")
     for level, r in rows.items():
-        print(f"  {level:11d} {r['vllm']:7.0f} {r['plain']:8.0f} {r['batched']:8.0f} {r['vllm'] / r['plain']:11.2f}x "
-              f"{r['vllm'] / r['batched']:12.2f}x")
+        mean = {way: sum(values) / len(values) for way, values in r.items()}
+        passes = "  ".join("/".join(f"{v:.0f}" for v in r[way]) for way in ways)
+        print(f"  {level:11d} {mean['vllm']:7.0f} {mean['plain']:8.0f} {mean['batched']:8.0f} "
+              f"{mean['vllm'] / mean['plain']:11.2f}x {mean['vllm'] / mean['batched']:12.2f}x   ({passes})")
 
 
 def evaluation(model_dir: Path, work: Path, questions: int) -> None:
