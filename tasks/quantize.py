@@ -21,16 +21,11 @@ from alignflow.errors import StageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.models import chat_texts
+from tasks.servers import has_gpu
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
 SERVABLE = {"cpu": ("w8a8", "fp8"), "gpu": ("w8a8", "w4a16", "int8_weight_only", "fp8")}  # vLLM's kernels
-
-
-def has_gpu() -> bool:
-    """An NVIDIA GPU is visible here (the driver's device list; no CUDA import)."""
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
 
 
 class QuantizeStage(StageConfig):

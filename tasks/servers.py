@@ -130,6 +130,12 @@ def chat_template(model_dir: Path, into: Path) -> Path | None:
     return into
 
 
+def has_gpu() -> bool:
+    """An NVIDIA GPU is visible here (the driver's device list; no CUDA import)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
 def server_env(cache_dir: str, key: str | None = None, adapters: bool = False) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
                VLLM_CACHE_ROOT=str(Path(cache_dir) / "vllm"))
@@ -137,6 +143,8 @@ def server_env(cache_dir: str, key: str | None = None, adapters: bool = False) -
     # CPU hosts: vLLM pins its threads to fixed cores by default, so during a blue/green deploy the new server
     # lands on the very core the busy old one spins on and starts 10x slower; unpinned, the OS shares them
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    if not has_gpu():  # vLLM 0.32 on CPU cannot load its own AOT-compiled artifacts and compiles on every start
+        env.setdefault("VLLM_USE_AOT_COMPILE", "0")  # the older compile cache loads: 3.6 s vs 11 s, measured
     for var in ("PYTHONPATH", "VIRTUAL_ENV"):  # the serve env is its own world
         env.pop(var, None)
     for var in [v for v in env if v.startswith("AWS_") or v.endswith(("_TOKEN", "_SECRET", "_PASSWORD", "_KEY"))]:
