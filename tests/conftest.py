@@ -1,10 +1,11 @@
-"""Shared fixtures. Every test session gets its own alignflow cache, state folder and Prefect home, and
-stops every model server it started; the session fails if one is left running."""
+"""Shared fixtures. Every test session gets its own alignflow cache, state folder, Prefect home and Prefect
+server, and stops every model server it started; the session fails if one is left running."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,29 @@ def session_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_servers_left_behind(session_home):
+def prefect_server(session_home):
+    """One Prefect server for the session (as `alignflow server up` runs it, SQLite in the session's
+    PREFECT_HOME): every `alignflow` command reports to it through PREFECT_API_URL instead of starting
+    Prefect's temporary API, which costs 10-20 s a command on two busy cores. Tests of the temporary API
+    unset PREFECT_API_URL (`run_cli(env={"PREFECT_API_URL": None})`)."""
+    from alignflow.processes import free_port, stop_group
+    from flows import server
+
+    port, log = free_port(), session_home / "prefect-server.log"
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = dict(server.prefect_env(None), PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
+    proc = server.spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                         str(port)], env, log)
+    server.wait_until(lambda: server.api_healthy(api_url), proc, "the session's Prefect server", log,
+                      server.START_TIMEOUT)
+    os.environ["PREFECT_API_URL"] = api_url
+    yield api_url
+    os.environ.pop("PREFECT_API_URL", None)
+    stop_group(proc.pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_servers_left_behind(session_home, prefect_server):
     yield
     subprocess.run([ALIGNFLOW, "serve", "stop", "--all"], capture_output=True, timeout=120,
                    env=dict(os.environ, ALIGNFLOW_HOME=str(session_home / "state")))
@@ -65,14 +88,16 @@ class CliResult:
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 1500) -> CliResult:
-    """Run the `alignflow` command as a user would; `--json` summaries are parsed when present."""
+    """Run the `alignflow` command as a user would; `--json` summaries are parsed when present. `env` adds
+    to the test's environment; a None value removes that variable."""
     summary_file = None
     if args and args[0] in ("run", "demo"):
         summary_file = Path(os.environ.get("ALIGNFLOW_HOME", "/tmp")) / f"summary-{time.monotonic_ns()}.json"
         args = (*args, "--json", str(summary_file))
+    full_env = {k: v for k, v in dict(os.environ, **(env or {})).items() if v is not None}
     started = time.monotonic()
-    proc = subprocess.run([ALIGNFLOW, *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})), cwd=cwd or ROOT)
+    proc = subprocess.run([ALIGNFLOW, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd or ROOT)
     seconds = time.monotonic() - started
     summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else None
     return CliResult(proc, seconds, summary)
