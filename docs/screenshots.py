@@ -4,7 +4,7 @@
 
 In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, one run of post-train/manual
 (through the worker, as the dashboard's Run button would start it), then the pages: the run with its
-artifacts, DPO's stage card and loss curve, the deployment's run form refusing a value out of range, the
+artifacts, DPO's stage card and loss curve, the load test of the deployed endpoint, the deployment's run form refusing a value out of range, the
 deployments list with the nightly schedule, and the automations with the new-data trigger. Everything
 started is stopped at the end.
 """
@@ -51,7 +51,7 @@ def run_manual(api_url: str) -> str:
     sys.exit("the demo run did not finish within 30 minutes")
 
 
-def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str) -> None:
+def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str, load_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     IMAGES.mkdir(exist_ok=True)
@@ -73,6 +73,11 @@ def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_i
         page.get_by_text("training curves").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(IMAGES / "loss-curve.png"))
+
+        page.goto(f"{ui_url}/artifacts/artifact/{load_id}")  # evalscope perf against the live endpoint
+        page.get_by_text("concurrency").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "load-test.png"))
 
         page.goto(f"{ui_url}/deployments/deployment/{deployment_id}/run")  # the form, a value out of range
         beta = page.get_by_text("Beta (Optional)", exact=True)
@@ -99,8 +104,9 @@ def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_i
         browser.close()
 
 
-def ids(api_url: str) -> tuple[str, str, str]:
-    """The post-train/manual deployment's id, and the newest DPO card's and loss curve's artifact ids."""
+def ids(api_url: str) -> tuple[str, ...]:
+    """The post-train/manual deployment's id, and the newest DPO card's, loss curve's and load test's
+    artifact ids."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.settings import temporary_settings
@@ -108,7 +114,7 @@ def ids(api_url: str) -> tuple[str, str, str]:
     with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("post-train/manual")
         newest = [client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[-1]
-                  for key in ("demo-train-dpo", "demo-train-dpo-curves")]
+                  for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test")]
     return str(deployment.id), *(str(a.id) for a in newest)
 
 
