@@ -81,10 +81,15 @@ def rows(outputs: Path) -> list[dict]:
                     "succeeded": int(summary["Success Requests"]),
                     "output_tok_s": round(summary["Output Throughput (tok/s)"], 2),
                     "req_s": round(summary["Req Throughput (req/s)"], 3),
-                    "ttft_ms_p50": percentiles.get("50%", {}).get("TTFT (ms)"),
-                    "latency_s_p50": percentiles.get("50%", {}).get("Latency (s)"),
-                    "latency_s_p99": percentiles.get("99%", {}).get("Latency (s)")})
+                    "ttft_ms_p50": percentile(percentiles, "50%", "TTFT (ms)", 1),
+                    "latency_s_p50": percentile(percentiles, "50%", "Latency (s)", 3),
+                    "latency_s_p99": percentile(percentiles, "99%", "Latency (s)", 3)})
     return sorted(out, key=lambda r: r["concurrency"])
+
+
+def percentile(percentiles: dict, p: str, column: str, digits: int) -> float | None:
+    value = percentiles.get(p, {}).get(column)
+    return None if value is None else round(value, digits)
 
 
 def child(job: dict) -> None:
