@@ -47,6 +47,7 @@ from tasks.servers import (
     smoke_test,
     state_dir,
     stop_server,
+    tail,
     unload_adapter,
     write_state,
 )
@@ -127,7 +128,7 @@ def roll_out(run: RunContext, model: ArtifactRef, config: DeployStage, prompts: 
     except (OSError, ValueError, KeyError) as exc:
         undo(record, current, key)
         raise StageError(f"deploy: the server started but a chat request failed: {exc}; the previous deployment "
-                         f"keeps serving. Last lines of {record['log']}:\n{tail_of(record)}") from exc
+                         f"keeps serving. Last lines of {record['log']}:\n{tail(Path(record['log']))}") from exc
     logger.info("deploy: smoke request %r -> %r (%s)", prompt, record["smoke"]["answer"],
                 record["smoke"]["finish_reason"])
     switch(run.name, record)
@@ -176,7 +177,7 @@ def green_server(run: RunContext, model: ArtifactRef, config: DeployStage, probe
     except (OSError, ValueError, KeyError) as exc:
         stop_server(record)
         raise StageError(f"evaluate: the candidate's new server started but a chat request failed: {exc}. "
-                         f"Last lines of {record['log']}:\n{tail_of(record)}") from exc
+                         f"Last lines of {record['log']}:\n{tail(Path(record['log']))}") from exc
     record.update(name=run.name + GREEN, green=True)
     write_state(record["name"], record)
     logger.info("evaluate: the candidate's green server is up at %s (pid %d); deploy switches to it if the gate "
@@ -194,12 +195,6 @@ def discard_green(name: str) -> None:
 def scratch_settings(config: DeployStage) -> DeployStage:
     """deploy's engine settings for a server that only evaluation uses: loopback, any port, no key."""
     return config.model_copy(update={"host": "127.0.0.1", "port": 0, "api_key": None, "mode": "model"})
-
-
-def tail_of(record: dict) -> str:
-    from tasks.servers import tail
-
-    return tail(Path(record["log"]))
 
 
 def undo(record: dict, current: dict | None, key: str | None) -> None:
