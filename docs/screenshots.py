@@ -4,9 +4,9 @@
 
 In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, one run of post-train/manual
 (through the worker, as the dashboard's Run button would start it), then the pages: the run with its
-artifacts, DPO's stage card and loss curve, the load test of the deployed endpoint, the deployment's run form refusing a value out of range, the
-deployments list with the nightly schedule, and the automations with the new-data trigger. Everything
-started is stopped at the end.
+artifacts, DPO's stage card and loss curve, the load test of the deployed endpoint, the deployment's run
+form refusing a value out of range, the deployments list with the nightly schedule, and the automations
+with the new-data trigger. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
