@@ -40,20 +40,14 @@ def prefect_server(session_home):
     PREFECT_HOME): every `alignflow` command reports to it through PREFECT_API_URL instead of starting
     Prefect's temporary API, which costs 10-20 s a command on two busy cores. Tests of the temporary API
     unset PREFECT_API_URL (`run_cli(env={"PREFECT_API_URL": None})`)."""
-    from alignflow.processes import free_port, stop_group
+    from alignflow.processes import stop_group
     from flows import server
 
-    port, log = free_port(), session_home / "prefect-server.log"
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = dict(server.prefect_env(None), PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
-    proc = server.spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                         str(port)], env, log)
-    server.wait_until(lambda: server.api_healthy(api_url), proc, "the session's Prefect server", log,
-                      server.START_TIMEOUT)
-    os.environ["PREFECT_API_URL"] = api_url
-    yield api_url
+    started = server.start_server(database=None, port=0)  # `server up`'s own start: a free port, waits healthy
+    os.environ["PREFECT_API_URL"] = started["api_url"]
+    yield started["api_url"]
     os.environ.pop("PREFECT_API_URL", None)
-    stop_group(proc.pid, signal.SIGTERM)
+    stop_group(started["pid"], signal.SIGTERM)
 
 
 @pytest.fixture(scope="session", autouse=True)
