@@ -31,6 +31,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from alignflow.errors import StageError
+from alignflow.secrets import child_env
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.stage import RunContext, publish, stage
@@ -207,10 +208,16 @@ def read_score(work_dir: Path) -> dict:
     raise StageError(f"evaluate: report {reports[0]} has no metric matching {wanted}")
 
 
+def evalscope_env(key: str | None) -> dict:
+    """EvalScope's environment: the served endpoint's api key (as KEY_VARIABLE) and no other credential;
+    the model is a local folder or that endpoint, and built-in sets come from the local cache only."""
+    return child_env(**{KEY_VARIABLE: key})
+
+
 def run_evalscope(job: dict, logger, log_path: Path, key: str | None) -> int:
     """`python -m tasks.evaluate JOB`: EvalScope's whole output goes to `log_path`. Returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, **({KEY_VARIABLE: key} if key else {}))
+    env = evalscope_env(key)
     with open(log_path, "w") as log:
         code = subprocess.run([sys.executable, "-m", "tasks.evaluate", json.dumps(job)], stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
@@ -234,6 +241,8 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
              fingerprints: Optional[dict] = None, serving: Optional[Serving] = None) -> ArtifactRef:
     """`fingerprints`: the local sets' files (EvaluateStage.fingerprints); `serving`: for engine vllm."""
     from prefect import get_run_logger
+
+    from tasks.degeneracy import empty_answers
 
     logger, store, workdir = get_run_logger(), run.open_store(), run.workdir()
     data_dir, work_dir, out = workdir / "data", workdir / "evalscope", workdir / "output"
@@ -259,6 +268,10 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
     logger.info("evaluate %s %s: %s", role, model.label, "; ".join(
         f"{name} {s['metric']} = {s['score']:.3f} ({s['samples']})" for name, s in scores.items()))
     metrics = {**primary, "primary": config.primary, "sets": {n: s["score"] for n, s in scores.items()}}
+    warning = empty_answers(sorted(out.glob("*/predictions-*.jsonl")))
+    if warning:
+        metrics["warnings"] = [warning]
+        logger.warning("evaluate %s: %s", role, warning)
     return publish(run, f"eval-{role}", "eval_report", out, stage="evaluate", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics)
 

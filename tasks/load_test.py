@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from alignflow.secrets import child_env
 from tasks.config import StageConfig
 
 KEY_VARIABLE = "ALIGNFLOW_PERF_API_KEY"
@@ -39,7 +40,7 @@ def measure(endpoint: str, served_name: str, prompts: list[str], config: LoadTes
     job = {"url": f"{endpoint}/chat/completions", "model": served_name, "prompts": str(workdir / "prompts.txt"),
            "concurrency": config.concurrency, "number": [c * config.rounds for c in config.concurrency],
            "max_tokens": config.max_tokens, "outputs": str(workdir / "perf")}
-    env = dict(os.environ, **({KEY_VARIABLE: key} if key else {}))
+    env = perf_env(key)
     with open(log_path, "w") as log:
         code = subprocess.run([sys.executable, "-m", "tasks.load_test", json.dumps(job)], stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
@@ -47,6 +48,11 @@ def measure(endpoint: str, served_name: str, prompts: list[str], config: LoadTes
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"evalscope perf failed (exit code {code}); {log_path} ends:\n{tail}")
     return rows(Path(job["outputs"]))
+
+
+def perf_env(key: str | None) -> dict:
+    """`evalscope perf`'s environment: the endpoint's api key (as KEY_VARIABLE) and no other credential."""
+    return child_env(**{KEY_VARIABLE: key})
 
 
 def measure_live(record: dict, config: LoadTest, prompts: list[str], key: str | None, run, logger) -> list[dict]:

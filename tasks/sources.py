@@ -7,6 +7,8 @@
     builtin://reverse/{sft,preference,eval}      the demo task
     store://NAME@VERSION                        a registered dataset version (resolved by the flow)
 
+An s3:// source that cannot be read is a SourceError naming it and the fix (no such bucket, access denied,
+no credentials), or a TransientError when the endpoint cannot be reached (a stage retries it).
 Hub repos are read from the hub's own cache first, so a pre-filled cache works offline; otherwise a
 download, or a fast SourceError naming the cache and the fix. In a hub repo, CONFIG picks a folder (or a
 file name prefix) and SPLIT the files named after it (`train-00000-of-00001.parquet`, `data/test.jsonl`);
@@ -21,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from alignflow.errors import SourceError
+from alignflow.errors import SourceError, TransientError
 from tasks.readers import data_files, data_suffix
 
 HUB_SCHEMES = {"hf": "hf://datasets/", "modelscope": "modelscope://datasets/"}
@@ -87,24 +89,85 @@ def fingerprint(entries: dict[str, str]) -> str:
 
 def _s3_objects(source: str) -> tuple[str, dict[str, tuple[str, str]]]:
     """(bucket, {name relative to the prefix: (key, ETag)}); a source naming one object lists that object."""
-    from storage.s3 import make_client, split_uri
+    from storage.s3 import client_errors, make_client, split_uri
 
     bucket, key = split_uri(source)
     prefix = key.rstrip("/") + "/" if key else ""
-    client, out = make_client(), {}
+    client = make_client()
+    try:
+        out = _s3_list(client, bucket, prefix)
+        if not out and key and not key.endswith("/"):
+            out = _s3_one(client, bucket, key, source)
+    except client_errors() as exc:
+        raise _s3_error(exc, "list dataset", source, client) from None
+    return bucket, out
+
+
+def s3_listing_problem(source: str, connect_timeout: float = 2.0) -> str | None:
+    """Why an s3:// data source cannot be read (unreachable, no bucket, access denied, no data files under
+    it), or None; one listing request, no retries, for the checks before any work."""
+    from storage.s3 import client_errors, quick_client, split_uri
+
+    from alignflow.errors import ConfigError
+
+    try:
+        bucket, key = split_uri(source, "data source")
+    except ConfigError as exc:
+        return exc.problems[0]
+    prefix = key.rstrip("/") + "/" if key else ""
+    client = quick_client(connect_timeout=connect_timeout)
+    try:
+        page = client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1000)
+        names = [obj["Key"] for obj in page.get("Contents", [])]
+        if not names and key and not key.endswith("/"):
+            names = list(_s3_one(client, bucket, key, source))
+    except client_errors() as exc:
+        return str(_s3_error(exc, "list dataset", source, client))
+    if not any(data_suffix(Path(name)) for name in names) and not page.get("IsTruncated"):
+        return f"dataset {source}: no .jsonl, .json, .csv, .tsv or .parquet objects there"
+    return None
+
+
+def _s3_list(client, bucket: str, prefix: str) -> dict[str, tuple[str, str]]:
+    out = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):]
             if rel and not rel.endswith("/") and not rel.rsplit("/", 1)[-1].startswith("."):
                 out[rel] = (obj["Key"], obj["ETag"].strip('"'))
-    if not out and key and not key.endswith("/"):
-        from botocore.exceptions import ClientError
+    return out
 
-        try:
-            out[key.rsplit("/", 1)[-1]] = (key, client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"'))
-        except ClientError:
-            pass
-    return bucket, out
+
+def _s3_one(client, bucket: str, key: str, source: str) -> dict[str, tuple[str, str]]:
+    """The one object `key` names, or {} when there is none (the caller says what the source lacks)."""
+    from botocore.exceptions import ClientError
+
+    from storage.backends import ObjectNotFound
+    from storage.s3 import translate
+
+    try:
+        return {key.rsplit("/", 1)[-1]: (key, client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"'))}
+    except ClientError as exc:
+        if isinstance(translate(exc, "list dataset", source, None), ObjectNotFound):
+            return {}
+        raise
+
+
+def _s3_error(exc: Exception, action: str, where: str, client) -> Exception:
+    """A boto3 error about an s3:// source as the error to raise: TransientError when the endpoint cannot be
+    reached or is busy (a stage's retries handle it), else a SourceError: no such bucket, access denied, no
+    credentials, or what botocore said. `action` names the source ("list dataset", "dataset s3://b/p/:
+    download"); `where` is the s3:// URI acted on."""
+    from alignflow.secrets import redact_url
+    from storage.backends import ObjectNotFound
+    from storage.s3 import translate
+
+    error = translate(exc, action, where, client.meta.endpoint_url)
+    if isinstance(error, TransientError):
+        return error
+    if isinstance(error, ObjectNotFound):  # a download of an object listed a moment ago
+        return SourceError(f"{action} {where}: not found (deleted since it was listed?)")
+    return SourceError(str(error) if error is not exc else f"{action} {where}: {redact_url(str(exc))}")
 
 
 def _s3_listing(source: str) -> dict[str, str]:
@@ -115,7 +178,7 @@ def fetch(source: str, entries: dict[str, str], dest: Path) -> None:
     """Copy the listed files of a source into `dest` (a fresh folder)."""
     if source.startswith("s3://"):
         bucket, objects = _s3_objects(source)
-        _download(bucket, {rel: objects[rel][0] for rel in entries}, dest)
+        _download(source, bucket, {rel: objects[rel][0] for rel in entries}, dest)
         return
     path = Path(source).expanduser()
     root = path.parent if path.is_file() else path
@@ -124,14 +187,17 @@ def fetch(source: str, entries: dict[str, str], dest: Path) -> None:
         shutil.copyfile(root / rel, dest / rel)
 
 
-def _download(bucket: str, keys: dict[str, str], dest: Path) -> None:
-    """{relative name: key} of `bucket` into `dest`."""
-    from storage.s3 import make_client
+def _download(source: str, bucket: str, keys: dict[str, str], dest: Path) -> None:
+    """{relative name: key} of `bucket` (where `source` lies) into `dest`."""
+    from storage.s3 import client_errors, make_client
 
     client = make_client()
     for rel, key in keys.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, key, str(dest / rel))
+        try:
+            client.download_file(bucket, key, str(dest / rel))
+        except client_errors() as exc:
+            raise _s3_error(exc, f"dataset {source}: download", f"s3://{bucket}/{key}", client) from None
 
 
 def _s3(source: str, scratch: Path) -> list[tuple[Path, str]]:
@@ -145,7 +211,7 @@ def _s3(source: str, scratch: Path) -> list[tuple[Path, str]]:
     if not dest.exists():
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        _download(bucket, {rel: key for rel, (key, _) in objects.items()}, partial)
+        _download(source, bucket, {rel: key for rel, (key, _) in objects.items()}, partial)
         partial.rename(dest)
     base = source.rstrip("/")
     return [(dest / rel, base if base.endswith("/" + rel) else f"{base}/{rel}") for rel in sorted(entries)]
