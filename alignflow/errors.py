@@ -25,6 +25,13 @@ class ConfigError(AlignflowError):
         super().__init__(f"{source} has {len(self.problems)} {noun}:\n{lines}")
 
 
+class UsageError(AlignflowError):
+    """A command was given something it cannot use (a name, a path, a value); nothing was done or written.
+    One line: what was given, why it cannot be used, and what to pass instead."""
+
+    exit_code = 2
+
+
 class DataError(AlignflowError):
     """A dataset row or file cannot be used: names the file, the line and the reason."""
 
@@ -41,6 +48,12 @@ class StorageError(AlignflowError):
     """The artifact store refused, lacks, or returned corrupt data for an object."""
 
 
+class ArtifactNotFound(StorageError):
+    """The store has no such artifact, version or alias: what was asked for is wrong, not the store."""
+
+    exit_code = 2
+
+
 class ConflictError(StorageError):
     """A compare-and-swap lost the race: someone else changed the pointer first."""
 
@@ -53,7 +66,7 @@ class TransientError(AlignflowError):
     """A failure that may pass: retried with backoff by the stage's Prefect retries."""
 
 
-NOT_RETRIED = (ConfigError, DataError, SourceError, StageError)
+NOT_RETRIED = (ConfigError, UsageError, DataError, SourceError, StageError)
 
 # What a retry may fix. Storage backends raise TransientError for throttling and 5xx answers.
 TRANSIENT = (TransientError, ConnectionError, TimeoutError)

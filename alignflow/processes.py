@@ -1,9 +1,15 @@
-"""Processes alignflow starts and stops by pid (model servers, the Prefect server and worker)."""
+"""Processes alignflow starts and stops by pid (model servers, the Prefect server and worker).
+
+A pid alone does not name a process for long: once it exits, the system gives its number to a later one.
+A record therefore keeps the process's start time too (`process_start`), and a stop signals only a pid
+that still started then (`is_process`).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -23,27 +29,62 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def stop_group(pid: int, sig: int, timeout: float = 30.0) -> bool:
+def process_start(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat); with the pid it names one
+    process, as a later process given the same number starts later. None when the pid does not exist, or
+    where there is no /proc (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces; field 3 on
+    return int(fields[19])
+
+
+def process_command(pid: int) -> list[str] | None:
+    """The command line `pid` runs (/proc/PID/cmdline), or None when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def is_process(pid: int | None, start: int | None = None, command: list[str] | None = None) -> bool:
+    """Whether `pid` runs and is still the process a record names: the one that started at `start`
+    (`process_start`) or, for a record without a start time, one running `command`. With neither: whether
+    it runs."""
+    if not pid_alive(pid):
+        return False
+    if start is not None:
+        return process_start(pid) == start
+    if command is not None:
+        return process_command(pid) == [str(part) for part in command]
+    return True
+
+
+def stop_group(pid: int, sig: int, timeout: float = 30.0, start: int | None = None) -> bool:
     """Send `sig` to the process group led by `pid`, wait up to `timeout` s, then SIGKILL what is left.
+    With `start` (`process_start` of the leader), a pid that is another process by then is never signalled.
     Returns whether anything was running."""
     import signal
     import time
 
-    if not pid_alive(pid):
+    if not is_process(pid, start):
         return False
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while is_process(pid, start) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if pid_alive(pid):
+    if is_process(pid, start):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        while pid_alive(pid):
+        while is_process(pid, start):
             time.sleep(0.1)
     return True
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from alignflow.errors import AlignflowError
+from alignflow.errors import AlignflowError, UsageError
 
 
 def add_parsers(serve) -> None:
+    from flows.cli import positive_int
+
     verbs = serve.add_subparsers(dest="serve_command", required=True)
     verbs.add_parser("ls", help="servers, what each serves, and whether it runs")
     for verb, text in (("url", "print the pipeline's live endpoint (OpenAI base URL)"),
@@ -25,7 +27,7 @@ def add_parsers(serve) -> None:
         verb_parser = verbs.add_parser(verb, help=text)
         verb_parser.add_argument("name", help="the pipeline's name (see `alignflow serve ls`)")
         if verb == "logs":
-            verb_parser.add_argument("-n", "--lines", type=int, default=40)
+            verb_parser.add_argument("-n", "--lines", type=positive_int, default=40)
         if verb == "k8s":
             verb_parser.add_argument("--image", default="vllm/vllm-openai:latest", help="the server's image")
             verb_parser.add_argument("--fetch-image", default="alignflow:latest",
@@ -36,11 +38,14 @@ def add_parsers(serve) -> None:
 
 
 def record(name: str, verb: str) -> dict:
+    """The record of the pipeline `name`; a name that is no pipeline's (a path) or names no server is a
+    UsageError."""
+    from alignflow.names import check
     from tasks.servers import read_state
 
-    state = read_state(name)
+    state = read_state(check("pipeline", name, f"serve {verb}"))
     if state is None:
-        raise AlignflowError(f"serve {verb}: no server named {name!r}; `alignflow serve ls` lists them")
+        raise UsageError(f"serve {verb}: no server named {name!r}; `alignflow serve ls` lists them")
     return state
 
 
@@ -71,26 +76,24 @@ def cmd_url(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from pathlib import Path
+    from tasks.servers import server_log, tail
 
-    from tasks.servers import tail
-
-    print(tail(Path(record(args.name, "logs")["log"]), args.lines))
+    print(tail(server_log(record(args.name, "logs")), args.lines))
     return 0
 
 
 def cmd_stop(args) -> int:
-    from tasks.servers import all_states, read_state, release, remove_state
+    from tasks.servers import all_states, release, remove_state
 
     if not args.all and not args.name:
-        raise AlignflowError("serve stop: name a server (see `alignflow serve ls`) or pass --all")
-    states = all_states() if args.all else [s for s in [read_state(args.name)] if s]
+        raise UsageError("serve stop: name a server (see `alignflow serve ls`) or pass --all")
+    states = all_states() if args.all else [record(args.name, "stop")]
     if not states:
-        raise AlignflowError(f"serve stop: no server named {args.name!r}; `alignflow serve ls` lists them")
+        print("no servers")
     for state in states:
         what = release(state, key_for(state, required=False))
-        remove_state(state["name"], state["pid"])
-        print(f"stopped {state['name']} ({state['endpoint']}): {what}")
+        remove_state(state["name"], state["pid"], state.get("pid_start"))
+        print(f"{state['name']} ({state['endpoint']}): {what}")
     return 0
 
 

@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 from alignflow.errors import AlignflowError
-from alignflow.processes import free_port, pid_alive, stop_group
+from alignflow.home import home_dir
+from alignflow.processes import free_port, is_process, pid_alive, process_start, stop_group
 
 POOL = "alignflow"
 DEFAULT_PORT = 4200  # Prefect's own default; a free port is taken when it is busy, and kept after
@@ -41,9 +42,7 @@ class ServerError(AlignflowError):
 
 
 def home() -> Path:
-    path = Path(os.environ.get("ALIGNFLOW_HOME", Path.home() / ".alignflow")) / "server"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return home_dir("server")
 
 
 def read_state() -> dict:
@@ -178,8 +177,8 @@ def start_server(database: str | None, port: int | None = None) -> dict:
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     proc = spawn(cmd, env, log)
     wait_until(lambda: api_healthy(api_url, timeout=5), proc, "the Prefect server", log, START_TIMEOUT)
-    return {"pid": proc.pid, "api_url": api_url, "ui_url": ui_url, "log": str(log),
-            "database": "custom" if database else "PREFECT_HOME", "started_at": time.time()}
+    return {"pid": proc.pid, "pid_start": process_start(proc.pid), "api_url": api_url, "ui_url": ui_url,
+            "log": str(log), "database": "custom" if database else "PREFECT_HOME", "started_at": time.time()}
 
 
 def start_worker(api_url: str) -> dict:
@@ -192,7 +191,8 @@ def start_worker(api_url: str) -> dict:
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
     proc = spawn(cmd, env, log)
     wait_until(lambda: worker_online(api_url, name), proc, "the Prefect worker", log, START_TIMEOUT)
-    return {"pid": proc.pid, "name": name, "pool": POOL, "log": str(log), "started_at": time.time()}
+    return {"pid": proc.pid, "pid_start": process_start(proc.pid), "name": name, "pool": POOL, "log": str(log),
+            "started_at": time.time()}
 
 
 def prefect_env(api_url: str | None) -> dict:
@@ -247,31 +247,53 @@ def worker_online(api_url: str, name: str) -> bool:
 # ---- down ----------------------------------------------------------------------------------------
 
 def down() -> list[str]:
-    """Stop the worker (and the flow runs it started), then the server; return what was stopped."""
+    """Stop the worker (and the flow runs it started), then the server; return what was stopped. A recorded
+    pid that is another process by now is left alone (said on stderr); the record goes all the same."""
     state, stopped = read_state(), []
     worker = state.get("worker")
-    if worker and stop_tree(worker["pid"], signal.SIGINT):  # a Prefect worker ignores SIGTERM
+    if worker and stop_recorded("worker", worker, signal.SIGINT):  # a Prefect worker ignores SIGTERM
         stopped.append(f"worker (pid {worker['pid']})")
     server = state.get("server")
-    if server and not server.get("external") and stop_tree(server["pid"], signal.SIGTERM):
+    if server and not server.get("external") and stop_recorded("server", server, signal.SIGTERM):
         stopped.append(f"server (pid {server['pid']}, {server['ui_url']})")
     (home() / "state.json").unlink(missing_ok=True)
     return stopped
 
 
-def stop_tree(pid: int, sig: int, timeout: float = 30.0) -> bool:
-    """Signal a process group, wait, then SIGKILL it and every descendant that is left (flow runs the worker
-    started live in their own process groups). Returns whether it was running."""
+def stop_recorded(what: str, record: dict, sig: int) -> bool:
+    """Stop the process `record` names if it is still the one `up` started; returns whether it was running."""
+    if pid_alive(record["pid"]) and not started_by_up(record):
+        print(f"{what}: pid {record['pid']} is now another process; forgot the stale record", file=sys.stderr)
+        return False
+    return stop_tree(record["pid"], sig, record.get("pid_start"))
+
+
+def started_by_up(record: dict) -> bool:
+    """Whether the record's pid is still the process `up` started: the one that started at the recorded
+    time or, in a record without it (older alignflow), one that runs Prefect."""
     import psutil
 
+    if record.get("pid_start") is not None:
+        return is_process(record["pid"], record["pid_start"])
     try:
-        process = psutil.Process(pid)
-        if "prefect" not in " ".join(process.cmdline()):
-            return False  # the pid was reused by another program since: not ours to stop
-        descendants = process.children(recursive=True)
+        return "prefect" in " ".join(psutil.Process(record["pid"]).cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    running = stop_group(pid, sig, timeout)
+
+
+def stop_tree(pid: int, sig: int, start: int | None = None, timeout: float = 30.0) -> bool:
+    """Signal a process group, wait, then SIGKILL it and every descendant that is left (flow runs the worker
+    started live in their own process groups). With `start` (`process_start`), a pid that is another
+    process by then is not signalled. Returns whether it was running."""
+    import psutil
+
+    if not is_process(pid, start):
+        return False
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    running = stop_group(pid, sig, timeout, start=start)
     for proc in descendants:
         try:
             proc.kill()

@@ -25,15 +25,16 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from alignflow.errors import ConfigError, StageError, StorageError
-from alignflow.processes import free_port, pid_alive
+from alignflow.processes import free_port, pid_alive, process_start
 from storage import ArtifactRef, ArtifactStore
 from tasks.config import StageConfig
 from tasks.load_test import LoadTest, measure_live
 from tasks.models import first_question, questions
 from tasks.servers import (
+    GREEN,
     all_states,
+    bind_addresses,
     chat_template,
-    is_loopback,
     launch,
     load_adapter,
     read_state,
@@ -52,6 +53,7 @@ from tasks.servers import (
     write_state,
 )
 from tasks.stage import RunContext, publish, stage
+from tasks.vllm_args import extra_args_problems
 
 KEY_SOURCE = r"^(env|secret):[A-Za-z0-9_.-]+$"
 
@@ -88,9 +90,20 @@ class DeployStage(StageConfig):
                                                                     "['--tensor-parallel-size', '2']")
 
     def problems(self) -> list[str]:
-        if not is_loopback(self.host) and not self.api_key:
-            return [f"stages.deploy.host: {self.host} exposes the server beyond this machine without an api key; "
-                    "set stages.deploy.api_key (env:VARIABLE or secret:BLOCK), or bind 127.0.0.1"]
+        return extra_args_problems(self.extra_args) + self.exposure_problems()
+
+    def exposure_problems(self) -> list[str]:
+        """A server without a key must be bound where only this machine reaches it: every address `host`
+        resolves to is loopback (`localhost.example.com` is a name like any other)."""
+        if self.api_key:
+            return []
+        addresses, host = bind_addresses(self.host), self.host or "'' (every interface)"
+        fix = "set stages.deploy.api_key (env:VARIABLE or secret:BLOCK), or bind 127.0.0.1"
+        if addresses is None:
+            return [f"stages.deploy.host: {host} could not be resolved here, so it cannot be shown to be "
+                    f"loopback; {fix}"]
+        if not all(address.is_loopback for address in addresses):
+            return [f"stages.deploy.host: {host} exposes the server beyond this machine without an api key; {fix}"]
         return []
 
 
@@ -155,9 +168,6 @@ def kept_records(name: str, record: dict) -> dict:
     return previous.get("records", {}) if same else {}
 
 
-GREEN = "~green"  # the record of a pipeline's server that is up and evaluated but not yet live
-
-
 def green_server(run: RunContext, model: ArtifactRef, config: DeployStage, probe: ArtifactRef | None,
                  logger) -> tuple[dict, str | None]:
     """The candidate's new server, up (health and a chat request passed) but taking no traffic: evaluation
@@ -217,6 +227,8 @@ def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logge
                  adapter: ArtifactRef | None = None) -> dict:
     """A new server for `model` (full weights) under the pipeline's name; with `adapter` (a LoRA adapter on
     `model`), the base is served as `base-<digest>` and the adapter under the pipeline's name."""
+    if problems := config.problems():  # settings that skipped the spec's checks (an older deployment's)
+        raise ConfigError(problems, "stages.deploy")
     store = run.open_store()
     model_dir = store.get_dir(model)
     port = config.port or free_port(config.host)
@@ -242,6 +254,7 @@ def start_server(run: RunContext, model: ArtifactRef, config: DeployStage, logge
                   config.start_timeout)
     logger.info("deploy: vLLM healthy after %.0fs", time.monotonic() - started)
     record = {"name": run.name, "served_name": run.name, "endpoint": f"{root}/v1", "root": root, "pid": proc.pid,
+              "pid_start": process_start(proc.pid),  # with the pid, names this process: a stop checks both
               "command": cmd, "log": str(log_path), "api_key": config.api_key, "bind": config.host,
               "model": artifact_record(adapter or model), "folder": str(folder), "adapter": adapter is not None,
               "started_at": time.time(), "host": socket.gethostname(),
@@ -302,7 +315,8 @@ def add_adapter(run: RunContext, adapter: ArtifactRef, config: DeployStage, key:
                 run.name, "replacing the loaded one" if replace else "new name")
     load_adapter(server, run.name, folder, key, replace)
     keep = ("endpoint", "root", "pid", "command", "log", "api_key", "bind", "base", "started_at", "host", "storage")
-    return {**{k: server[k] for k in keep}, "name": run.name, "served_name": run.name, "adapter": True,
+    return {**{k: server[k] for k in keep}, "pid_start": server.get("pid_start"),  # older records lack it
+            "name": run.name, "served_name": run.name, "adapter": True,
             "shared": True, "model": artifact_record(adapter), "folder": str(folder), "loaded_at": time.time()}
 
 

@@ -5,69 +5,118 @@ One record per pipeline (`$ALIGNFLOW_HOME/serve/<name>.json`) names its live ser
 serves (a model, or an adapter on a base), the command, the log, and where the api key comes from (never the
 key itself). A server that serves adapters may be shared: every pipeline whose adapter sits on the same base
 is one model name on one process, and the process stops when the last record that uses it goes.
+
+A record is found by the pipeline's name only (`NAME.json`, `NAME~green.json` for a green server), never by
+a path; its log lies in the same folder; and its pid is signalled only while it is still the server that
+started (the record keeps the process's start time: a pid reused by another process is left alone).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from alignflow.errors import ConfigError, StageError, TransientError
-from alignflow.processes import pid_alive, stop_group
+from alignflow.errors import ConfigError, StageError, TransientError, UsageError
+from alignflow.home import home_dir
+from alignflow.names import check, is_valid
+from alignflow.processes import is_process, pid_alive, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = ("127.", "localhost", "::1")
+GREEN = "~green"  # the record of a pipeline's server that is up and evaluated but not yet live
+logger = logging.getLogger("alignflow.serve")
 
 
 # ---- records -------------------------------------------------------------------------------------
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("ALIGNFLOW_HOME", Path.home() / ".alignflow")) / "serve"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return home_dir("serve")
+
+
+def record_path(name: str) -> Path:
+    """Where the record of `name` (a pipeline's name, or `NAME~green`) lives. Anything else (a path, `..`)
+    is a UsageError, so no record is read, written or removed outside the serve folder."""
+    if not is_valid("pipeline", name.removesuffix(GREEN) if isinstance(name, str) else name):
+        check("pipeline", name, "serve record")  # raises, naming what was given
+    return state_dir() / f"{name}.json"
 
 
 def read_state(name: str) -> dict | None:
-    path = state_dir() / f"{name}.json"
+    path = record_path(name)
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def all_states() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(state_dir().glob("*.json"))]
+    """Every record; a file not named by the pipeline-name rule was not written by alignflow: not one."""
+    paths = sorted(state_dir().glob("*.json"))
+    return [json.loads(p.read_text()) for p in paths if is_valid("pipeline", p.stem.removesuffix(GREEN))]
 
 
 def write_state(name: str, state: dict) -> None:
     """Atomically: `serve url` and a concurrent deploy never read half a file. This is the switch of a
     blue/green deploy: clients that resolve the endpoint from here move at once."""
-    path = state_dir() / f"{name}.json"
+    path = record_path(name)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, path)
 
 
-def remove_state(name: str, pid: int) -> None:
-    """Forget `name`'s record if it still names the server `pid` (a newer deploy may have replaced it)."""
+def remove_state(name: str, pid: int, pid_start: int | None = None) -> None:
+    """Forget `name`'s record if it still names the server `pid` (a newer deploy may have replaced it);
+    with `pid_start`, only if it names the process that started then."""
     current = read_state(name)
-    if current and current["pid"] == pid:
-        (state_dir() / f"{name}.json").unlink(missing_ok=True)
+    if current and current["pid"] == pid and pid_start in (None, current.get("pid_start")):
+        record_path(name).unlink(missing_ok=True)
 
 
-def users(pid: int) -> list[str]:
-    """The pipelines whose records name the server `pid`."""
-    return [s["name"] for s in all_states() if s["pid"] == pid]
+def users(state: dict) -> list[str]:
+    """The pipelines whose records name the server of `state` (its pid, and the process that started then)."""
+    return [s["name"] for s in all_states()
+            if s["pid"] == state["pid"] and s.get("pid_start") == state.get("pid_start")]
 
 
-# ---- api keys ------------------------------------------------------------------------------------
+def server_log(state: dict) -> Path:
+    """The record's log, which alignflow writes in the serve folder; a record naming a file elsewhere was
+    not written by alignflow, and is refused rather than read."""
+    log, folder = Path(state["log"]).resolve(), state_dir().resolve()
+    if not log.is_relative_to(folder):
+        raise UsageError(f"serve logs: {state.get('name')!r}'s record names the log {state['log']}, outside "
+                         f"{folder} where alignflow writes server logs; that record was not written by "
+                         f"alignflow: remove it, or redeploy")
+    return log
+
+
+# ---- who can reach a server: its bind address and api key ----------------------------------------
+
+def bind_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+    """The addresses a server bound to `host` listens on, as this machine resolves them; None when the name
+    does not resolve. '[::1]' -> [::1]; 'localhost' -> [127.0.0.1, ::1]; '' -> [0.0.0.0] (every interface)."""
+    try:
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        return [ipaddress.ip_address(literal or "0.0.0.0")]
+    except ValueError:
+        pass  # a name
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):  # no such name; a label too long; a NUL byte
+        return None
+    return [ipaddress.ip_address(info[4][0]) for info in found]
+
 
 def is_loopback(host: str) -> bool:
-    return host.startswith(LOOPBACK)
+    """Only this machine can reach a server bound to `host`: every address it resolves to is loopback.
+    '127.0.0.1', '::1', 'localhost': yes; '0.0.0.0', '::', '' (every interface), 'localhost.example': no."""
+    addresses = bind_addresses(host)
+    return bool(addresses) and all(address.is_loopback for address in addresses)
 
 
 def resolve_key(source: str | None) -> str | None:
@@ -137,22 +186,20 @@ def has_gpu() -> bool:
 
 
 def server_env(cache_dir: str, key: str | None = None, adapters: bool = False) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
-               VLLM_CACHE_ROOT=str(Path(cache_dir) / "vllm"))
+    """vLLM's environment: no store or hub credential (it reads a local folder), the api key by environment
+    (a --api-key argument would show in `ps` and in the record), and the CPU settings below."""
+    from alignflow.secrets import child_env
+
+    env = child_env(HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+                    VLLM_CACHE_ROOT=str(Path(cache_dir) / "vllm"), PYTHONPATH=None, VIRTUAL_ENV=None,
+                    VLLM_API_KEY=key or None,
+                    VLLM_ALLOW_RUNTIME_LORA_UPDATING="True" if adapters else None)  # adapters load at run time
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU hosts; vLLM's default takes 4
     # CPU hosts: vLLM pins its threads to fixed cores by default, so during a blue/green deploy the new server
     # lands on the very core the busy old one spins on and starts 10x slower; unpinned, the OS shares them
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     if not has_gpu():  # vLLM 0.32 on CPU cannot load its own AOT-compiled artifacts and compiles on every start
         env.setdefault("VLLM_USE_AOT_COMPILE", "0")  # the older compile cache loads: 3.6 s vs 11 s, measured
-    for var in ("PYTHONPATH", "VIRTUAL_ENV"):  # the serve env is its own world
-        env.pop(var, None)
-    for var in [v for v in env if v.startswith("AWS_") or v.endswith(("_TOKEN", "_SECRET", "_PASSWORD", "_KEY"))]:
-        env.pop(var)  # the server reads a local folder: it gets no store or hub credentials
-    if key:
-        env["VLLM_API_KEY"] = key  # by environment: a --api-key argument would show in `ps` and in the record
-    if adapters:
-        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # new adapters load into the running server
     return env
 
 
@@ -267,19 +314,42 @@ def drain(state: dict, grace: float, timeout: float) -> None:
         time.sleep(0.5)
 
 
+def reused_pid(state: dict) -> bool:
+    """The record's pid runs, but is not its server: the server exited and the system gave the number to a
+    later process (told by its start time; in a record without one, by its command line)."""
+    return pid_alive(state["pid"]) and not is_process(state["pid"], state.get("pid_start"), state.get("command"))
+
+
+def forget(state: dict) -> None:
+    """Remove every record that names the server of `state`."""
+    for name in users(state):
+        remove_state(name, state["pid"], state.get("pid_start"))
+
+
 def stop_server(state: dict, timeout: float = 30.0) -> bool:
-    """SIGINT the server's process group, then SIGKILL if it lingers; forget every record that names it."""
-    pid = state["pid"]
-    stopped = stop_group(pid, signal.SIGINT, timeout)  # vLLM stops on SIGINT in under a second
-    for name in users(pid):
-        remove_state(name, pid)
+    """SIGINT the server's process group, then SIGKILL if it lingers; forget every record that names it.
+    A pid that is now another process is never signalled: the record is stale, and is forgotten."""
+    if reused_pid(state):
+        logger.warning("%s", stale(state))
+        forget(state)
+        return False
+    stopped = stop_group(state["pid"], signal.SIGINT, timeout,  # vLLM stops on SIGINT in under a second
+                         start=state.get("pid_start"))
+    forget(state)
     return stopped
+
+
+def stale(state: dict) -> str:
+    return f"pid {state['pid']} is now another process; forgot the stale record"
 
 
 def release(state: dict, key: str | None, grace: float = 0.0, timeout: float = 60.0) -> str:
     """`state`'s pipeline no longer uses that server: unload its adapter if others still share the process,
     else drain and stop it. Says what happened."""
-    others = [name for name in users(state["pid"]) if name != state["name"]]
+    if reused_pid(state):
+        forget(state)
+        return stale(state)
+    others = [name for name in users(state) if name != state["name"]]
     if state.get("adapter") and others:
         unload_adapter(state, key)
         return f"unloaded adapter {state['served_name']} (the server stays for {', '.join(others)})"

@@ -54,6 +54,14 @@ def ask(endpoint: str, model: str) -> list[str]:
     return answers
 
 
+def answers(endpoint: str, model: str, learned: str) -> bool:
+    """Every prompt's answer is the adapter's constant answer: it begins with it (whether a 60-step adapter
+    also learned to stop right after it depends on the CPU's arithmetic; which adapter answers does not)."""
+    replies = ask(endpoint, model)
+    assert all(reply.startswith(learned) for reply in replies), (model, replies)
+    return True
+
+
 def state(name: str) -> dict:
     from tasks.servers import read_state
 
@@ -79,26 +87,26 @@ def test_a_second_adapter_and_a_new_version_load_into_the_running_server(pipelin
     server = state("alpha")
     assert server["adapter"] and pid_alive(server["pid"])
     endpoint = server["endpoint"]
-    assert ask(endpoint, "alpha") == ["a a a a"] * len(PROMPTS)
+    assert answers(endpoint, "alpha", "a a a a")
 
     second = run_cli("run", str(pipelines["spec"]("beta", "b b b b")))
     assert second.code == 0, second.output[-4000:]
     store = open_store(str(pipelines["store"]))
     assert store.ref("alpha/base-model").digest == store.ref("beta/base-model").digest  # one base, one server
     assert state("beta")["pid"] == server["pid"] and state("beta")["endpoint"] == endpoint
-    assert ask(endpoint, "beta") == ["b b b b"] * len(PROMPTS)
-    assert ask(endpoint, "alpha") == ["a a a a"] * len(PROMPTS)
+    assert answers(endpoint, "beta", "b b b b")
+    assert answers(endpoint, "alpha", "a a a a")
 
     third = run_cli("run", str(pipelines["spec"]("alpha", "c c c c")))  # a new adapter for alpha: in place
     assert third.code == 0, third.output[-4000:]
     assert state("alpha")["pid"] == server["pid"] and state("alpha")["model"]["version"] == 2
-    assert ask(endpoint, "alpha") == ["c c c c"] * len(PROMPTS)
-    assert ask(endpoint, "beta") == ["b b b b"] * len(PROMPTS)
+    assert answers(endpoint, "alpha", "c c c c")
+    assert answers(endpoint, "beta", "b b b b")
     listed = run_cli("serve", "ls").stdout
     assert listed.count(f" {server['pid']} ") == 2 and "adapter on base-" in listed
 
     assert run_cli("serve", "stop", "beta").code == 0  # alpha still uses the server: beta's adapter goes
-    assert pid_alive(server["pid"]) and ask(endpoint, "alpha") == ["c c c c"] * len(PROMPTS)
+    assert pid_alive(server["pid"]) and answers(endpoint, "alpha", "c c c c")
     assert "beta" not in [m["id"] for m in models(endpoint)]
     assert run_cli("serve", "stop", "alpha").code == 0  # the last user: the server stops
     assert not pid_alive(server["pid"])
