@@ -5,29 +5,34 @@
 
 Both read sources exactly as the convert stage does (tasks/convert.py): the same formats, checks and
 canonical rows. `inspect` never fails on bad rows: it lists them. `convert` writes the canonical JSONL, a
-report beside it, and exits 2 listing the bad rows unless `--on-bad-rows skip`.
+report beside it, and exits 2 listing the bad rows unless `--on-bad-rows skip`; OUT.quarantine.jsonl holds the
+skipped rows (kept even when no row is left, to say why). The output is written whole or not at all, never
+over an input.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from alignflow.errors import ConfigError, DataError
+from alignflow.errors import ConfigError, DataError, UsageError
 
 KINDS = ("sft", "preference", "eval")
 
 
 def add_parsers(verbs) -> None:
+    from flows.cli import positive_int
+
     inspect = verbs.add_parser("inspect", help="detected format, rows, roles, turns, lengths and every problem")
     inspect.add_argument("source", help="a file or folder, s3://, hf://datasets/..., modelscope://datasets/...")
     inspect.add_argument("--kind", choices=KINDS, help="what the rows are for (default: guessed from the rows)")
     inspect.add_argument("--format", default="auto", help="row format (default: detected per file)")
     inspect.add_argument("--model", help="a model (folder, builtin://, hf://, modelscope://) whose tokenizer "
                                          "measures lengths in tokens")
-    inspect.add_argument("--max-length", type=int, default=1024, help="tokens per row the stage keeps "
+    inspect.add_argument("--max-length", type=positive_int, default=1024, help="tokens per row the stage keeps "
                                                                       "(default 1024, the stages' default)")
     inspect.add_argument("--json", dest="as_json", action="store_true", help="print the numbers as JSON")
     convert = verbs.add_parser("convert", help="write the canonical JSONL the convert stage writes, with a report")
@@ -52,11 +57,14 @@ def _source(source: str, fmt: str, columns: dict | None = None):
 def guess_kind(source: str, scratch: Path) -> str:
     """Preference rows are the most distinctive, then multiple choice, then chat rows."""
     from tasks import formats
+    from tasks.convert import listed_problems
     from tasks.readers import records
     from tasks.sources import local_files
 
+    problems, bad = [], 0
     for path, shown in local_files(source, scratch):
-        row = next((r.row for r in records(path, shown) if r.row is not None), None)
+        row, skipped = _first_row(records(path, shown), problems)
+        bad += skipped
         if row is None:
             continue
         for kind, name in (("preference", None), ("eval", "multiple-choice"), ("sft", None), ("eval", None)):
@@ -64,7 +72,23 @@ def guess_kind(source: str, scratch: Path) -> str:
             if found and (name is None or found.name == name):
                 return kind
         raise DataError(f"{shown}: rows with fields {sorted(row)} are not a known format; pass --kind and --format")
-    raise DataError(f"{source}: no rows")
+    unread = f"; not one line is a row:\n{listed_problems(problems, bad)}" if bad else ""
+    raise DataError(f"{source}: no rows{unread}")
+
+
+def _first_row(found, problems: list[str]) -> tuple[dict | None, int]:
+    """The first row of a file's records, and how many lines before it were not rows (the first of them noted
+    in `problems`, as the convert stage lists them)."""
+    from tasks.convert import MAX_LISTED
+
+    bad = 0
+    for record in found:
+        if record.row is not None:
+            return record.row, bad
+        bad += 1
+        if len(problems) < MAX_LISTED:
+            problems.append(f"{record.file}:{record.line}: {record.error}")
+    return None, bad
 
 
 def inspect(args) -> int:
@@ -168,28 +192,81 @@ def _spread(p: dict) -> str:
 
 
 def convert(args) -> int:
-    from tasks.convert import ConvertRules, convert_sources
+    from tasks.convert import ConvertRules, EmptyData, convert_sources, describe
 
     columns = dict(_pair(c) for c in args.columns)
-    out = Path(args.output)
-    if out.suffix != ".jsonl":
-        raise ConfigError(f"-o {out}: name a .jsonl file", "command line")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".alignflow-convert-", dir=out.parent) as tmp:
+    out = _output(args.output, args.sources)
+    stem = out.with_suffix("")
+    with _scratch(out, args.output) as tmp:
         work = Path(tmp)
-        report = convert_sources(args.kind, [_source(s, args.format, columns) for s in args.sources],
-                                 ConvertRules(on_bad_rows=args.on_bad_rows), work / "out", work / "sources")
-        stem, counts = out.with_suffix(""), report.as_dict()
+        try:
+            report = convert_sources(args.kind, [_source(s, args.format, columns) for s in args.sources],
+                                     ConvertRules(on_bad_rows=args.on_bad_rows), work / "out", work / "sources")
+        except EmptyData as exc:
+            raise _with_quarantine(exc, work / "out", stem) from None
+        counts = report.as_dict()
         (work / "out" / "report.json").write_text(json.dumps(counts, indent=2))
-        moves = [("report.json", f"{stem}.report.json"), ("quarantine.jsonl", f"{stem}.quarantine.jsonl"),
-                 ("data.jsonl", str(out))]  # the data last: its presence means the rest is there
-        for name, dest in moves:
-            if (work / "out" / name).exists():
-                shutil.move(work / "out" / name, dest)
-    from tasks.convert import describe
-
+        _publish(work / "out", out, stem)
     print(f"wrote {out}: {describe(counts)}; report {stem}.report.json")
     return 0
+
+
+def _output(given: str, sources: list[str]) -> Path:
+    """The -o path, refused before anything is written when it is not a .jsonl file name or would overwrite
+    (or land inside) an input."""
+    out = Path(given).expanduser()
+    if out.suffix != ".jsonl":
+        raise ConfigError(f"-o {out}: name a .jsonl file", "command line")
+    if out.is_dir():
+        raise UsageError(f"-o {given}: is a folder; name the file to write, e.g. -o {out / 'data.jsonl'}")
+    stem = out.with_suffix("")
+    for dest in (out, Path(f"{stem}.report.json"), Path(f"{stem}.quarantine.jsonl")):
+        for source in sources:
+            _not_an_input(dest, source, given)
+    return out
+
+
+def _not_an_input(dest: Path, source: str, given: str) -> None:
+    if "://" in source:
+        return
+    src = Path(source).expanduser()
+    if src.resolve() == dest.resolve() or (src.is_file() and dest.is_file() and os.path.samefile(src, dest)):
+        raise UsageError(f"-o {given}: would write {dest}, which is the input {source}; pass an -o that is not "
+                         "one of the inputs")
+    if src.is_dir() and src.resolve() in dest.resolve().parents:
+        raise UsageError(f"-o {given}: would write {dest} inside the input folder {source}, where the next "
+                         "conversion of that folder would read it as data; pass an -o outside the folder")
+
+
+def _scratch(out: Path, given: str) -> tempfile.TemporaryDirectory:
+    """A scratch folder beside the output, so the finished files are moved, not copied, into place."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=".alignflow-convert-", dir=out.parent)
+    except OSError as exc:
+        raise UsageError(f"-o {given}: cannot write in {out.parent} ({exc.strerror or exc}); pass an -o in a "
+                         "folder you can write to") from None
+
+
+def _publish(done: Path, out: Path, stem: Path) -> None:
+    """The finished files into place, the data last: its presence means the rest is there. A quarantine
+    left from an earlier conversion goes: its rows are not this output's."""
+    if not (done / "quarantine.jsonl").exists():
+        Path(f"{stem}.quarantine.jsonl").unlink(missing_ok=True)
+    moves = [("report.json", f"{stem}.report.json"), ("quarantine.jsonl", f"{stem}.quarantine.jsonl"),
+             ("data.jsonl", str(out))]
+    for name, dest in moves:
+        if (done / name).exists():
+            shutil.move(done / name, dest)
+
+
+def _with_quarantine(exc: DataError, done: Path, stem: Path) -> DataError:
+    """No row was left: the quarantine, which says why, is moved beside the requested output (no data is)."""
+    if not (done / "quarantine.jsonl").exists():
+        return exc
+    kept = Path(f"{stem}.quarantine.jsonl")
+    shutil.move(done / "quarantine.jsonl", kept)
+    return DataError(f"{exc}\nEvery bad row, with its reason, is in {kept}")
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -26,10 +26,14 @@ from storage import ArtifactRef
 from tasks import formats
 from tasks.config import StageConfig
 from tasks.formats import RowError, SkipRow
-from tasks.readers import Record, records
+from tasks.readers import TOO_DEEP, Record, records
 from tasks.stage import RunContext, publish, stage
 
 MAX_LISTED = 20  # problems listed in an error; the total is always given
+
+
+class EmptyData(DataError):
+    """No row is left after conversion. With `on_bad_rows: skip` the quarantine says why, so it is kept."""
 
 
 class DataSource(StageConfig):
@@ -87,9 +91,26 @@ class Report:
 def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules,
             out: Path) -> Report:
     """Convert every source's files into `out/data.jsonl` (and `out/quarantine.jsonl`); raise DataError
-    listing every bad row when they are not to be skipped. `sources`: each with its local files."""
+    listing every bad row when they are not to be skipped. `sources`: each with its local files. A failure
+    leaves no data.jsonl behind (and no quarantine, unless it is EmptyData's explanation)."""
     out.mkdir(parents=True, exist_ok=True)
-    report, seen, shape = Report(kind), set(), Shape(kind)
+    report = Report(kind)
+    try:
+        _write(kind, sources, rules, out, report)
+        _check(kind, report, rules)
+    except EmptyData:
+        (out / "data.jsonl").unlink(missing_ok=True)
+        raise
+    except BaseException:  # a half-written output must not pass for a whole one
+        (out / "data.jsonl").unlink(missing_ok=True)
+        (out / "quarantine.jsonl").unlink(missing_ok=True)
+        raise
+    return report
+
+
+def _write(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules, out: Path,
+           report: Report) -> None:
+    seen, shape = set(), Shape(kind)
     with open(out / "data.jsonl", "w", encoding="utf-8") as data, Quarantine(out / "quarantine.jsonl") as bad:
         for spec, files in sources:
             src = SourceReport(spec.source)
@@ -98,11 +119,9 @@ def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]],
                 converted = _one(kind, record, fmt, spec, rules, src, report, bad)
                 if converted is not None and _first(converted[0], seen, src):
                     data.write(converted[0] + "\n")
-                    shape.add(converted[1])
+                    shape.add(converted[1], len(converted[0]))
                     src.rows += 1
     report.stats = shape.summary()
-    _check(kind, report, rules, out)
-    return report
 
 
 def convert_sources(kind: str, sources: list[DataSource], rules: ConvertRules, out: Path, scratch: Path,
@@ -153,20 +172,17 @@ def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: Co
          report: Report, bad: Quarantine) -> tuple[str, dict] | None:
     """The canonical row of one record and its JSON line, or None (a bad, skipped or held-out row)."""
     try:
-        if record.error:
-            raise RowError(record.error)
-        row = formats.convert(rules.row_kind(kind), fmt, formats.rename(record.row, spec.columns))
+        row, line = _canonical(rules.row_kind(kind), record, fmt, spec.columns)
     except SkipRow:
         src.skipped += 1
         return None
-    except (RowError, TypeError, AttributeError, ValueError) as exc:
+    except (RowError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         src.bad += 1
-        reason = str(exc) if isinstance(exc, RowError) else f"unexpected value ({type(exc).__name__}: {exc})"
+        reason = _reason(exc)
         if len(report.problems) < MAX_LISTED:  # all of them are in the quarantine file
             report.problems.append(f"{record.file}:{record.line}: {reason}")
         bad.add(record, reason)
         return None
-    line = json.dumps(row, ensure_ascii=False, sort_keys=True)
     if rules.holdout != "none":
         side = "eval" if in_eval(line, rules.eval_fraction, rules.seed) else "train"
         if side != rules.holdout:
@@ -176,6 +192,29 @@ def _one(kind: str, record: Record, fmt: str | None, spec: DataSource, rules: Co
             row = formats.eval_qa(row)
             line = json.dumps(row, ensure_ascii=False, sort_keys=True)
     return line, row
+
+
+def _canonical(kind: str, record: Record, fmt: str | None, columns: dict[str, str]) -> tuple[dict, str]:
+    """The canonical row and its JSON line; raises RowError (or what a value the format did not expect
+    raises) for a bad row."""
+    if record.error:
+        raise RowError(record.error)
+    row = formats.convert(kind, fmt, formats.rename(record.row, columns))
+    line = json.dumps(row, ensure_ascii=False, sort_keys=True)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RowError(f"a string holds {line[exc.start]!r}, half of a UTF-16 surrogate pair (an escape such as "
+                       "\\ud800 without its partner), which is not text; fix or remove it") from None
+    return row, line
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RowError):
+        return str(exc)
+    if isinstance(exc, RecursionError):  # a value nested deeper than the reader's JSON limit, e.g. in a CSV cell
+        return TOO_DEEP
+    return f"unexpected value ({type(exc).__name__}: {exc})"
 
 
 def in_eval(line: str, fraction: float, seed: int) -> bool:
@@ -194,19 +233,19 @@ def _first(line: str, seen: set, src: SourceReport) -> bool:
     return True
 
 
-def _check(kind: str, report: Report, rules: ConvertRules, out: Path) -> None:
+def _check(kind: str, report: Report, rules: ConvertRules) -> None:
     bad = report.total("bad")
     if bad and rules.on_bad_rows == "fail":
-        (out / "data.jsonl").unlink(missing_ok=True)
-        (out / "quarantine.jsonl").unlink(missing_ok=True)
         raise DataError(f"{kind} data has {bad} bad row{'s' * (bad != 1)} of {report.total('read')}:\n"
                         f"{listed_problems(report.problems, bad)}\n"
                         "Fix them, or leave them out with on_bad_rows: skip (data.on_bad_rows in a spec, "
                         "--on-bad-rows on the command line); they are kept, with their reasons, in quarantine.jsonl")
     if not report.total("rows"):
-        raise DataError(f"{kind} data is empty after conversion ({report.total('read')} rows read, {bad} bad, "
-                        f"{report.total('skipped')} without a preference, {report.total('held_out')} held out): "
-                        "nothing to train or evaluate on")
+        why = f"; the bad rows:\n{listed_problems(report.problems, bad)}" if bad else ""
+        sources = ", ".join(s.source for s in report.sources)
+        raise EmptyData(f"{kind} data from {sources} is empty after conversion ({report.total('read')} rows read, "
+                        f"{bad} bad, {report.total('skipped')} without a preference, {report.total('held_out')} held "
+                        f"out): nothing to train or evaluate on{why}")
 
 
 def listed_problems(problems: list[str], total: int) -> str:
@@ -226,14 +265,24 @@ class Quarantine:
         return self
 
     def add(self, record: Record, reason: str) -> None:
-        if self.file is None:
-            self.file = open(self.path, "w", encoding="utf-8")
-        self.file.write(json.dumps({"file": record.file, "line": record.line, "reason": reason, "row": record.row},
-                                   ensure_ascii=False, default=str) + "\n")
+        if self.file is None:  # a lone surrogate is written as its \ud800 escape, which reads back the same
+            self.file = open(self.path, "w", encoding="utf-8", errors="backslashreplace")
+        self.file.write(_entry(record, reason) + "\n")
 
     def __exit__(self, *exc) -> None:
         if self.file:
             self.file.close()
+
+
+def _entry(record: Record, reason: str) -> str:
+    """A quarantined row as one JSON line: the row, or the line's text when it is not a row."""
+    entry = {"file": record.file, "line": record.line, "reason": reason, "row": record.row}
+    if record.row is None and record.text is not None:
+        entry["text"] = record.text
+    try:
+        return json.dumps(entry, ensure_ascii=False, default=str)
+    except RecursionError:  # a row nested too deeply to write: its text, as read, instead
+        return json.dumps(entry | {"row": None, "text": record.text}, ensure_ascii=False)
 
 
 class Shape:
@@ -242,13 +291,14 @@ class Shape:
     def __init__(self, kind: str):
         self.kind, self.roles, self.turns, self.chars = kind, {}, [], []
 
-    def add(self, row: dict) -> None:
+    def add(self, row: dict, chars: int) -> None:
+        """`chars`: the length of the row's JSON line."""
         msgs = row.get("messages") or (row.get("prompt", []) + (row.get("chosen") or row.get("completion", [])))
         for m in msgs:
             self.roles[m["role"]] = self.roles.get(m["role"], 0) + 1
         if msgs:
             self.turns.append(sum(m["role"] == "assistant" for m in msgs))
-        self.chars.append(len(json.dumps(row, ensure_ascii=False)))
+        self.chars.append(chars)
 
     def summary(self) -> dict:
         out = {"chars": percentiles(self.chars)}
@@ -274,6 +324,8 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
     `raws`: the registered dataset version each `store://` source resolved to (None for the others)."""
     from prefect import get_run_logger
 
+    from tasks.degeneracy import mostly_duplicates
+
     workdir, store = run.workdir(), run.open_store()
     report = convert_sources(split, sources, rules, workdir / split, workdir / "sources",
                              [store.get_dir(raw) if raw else None for raw in raws])
@@ -282,6 +334,10 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
     get_run_logger().info("convert_dataset[%s]: %s", split, describe(counts))
     inputs = {f"raw{i}" if len(raws) > 1 else "raw": raw for i, raw in enumerate(raws) if raw is not None}
     metrics = {k: counts[k] for k in ("rows", "bad", "duplicates", "skipped", "held_out")}
+    warning = mostly_duplicates(counts["read"], counts["duplicates"])
+    if warning:
+        metrics["warnings"] = [warning]
+        get_run_logger().warning("convert_dataset[%s]: %s", split, warning)
     return publish(run, f"data-{split}", "dataset", workdir / split, stage="convert_dataset",
                    config={"split": split, "sources": [s.model_dump() for s in sources], "rules": rules.model_dump()},
                    inputs=inputs, metadata={"split": split}, metrics=metrics)

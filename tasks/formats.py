@@ -227,15 +227,39 @@ def _answer(value, where: str) -> list[dict]:
 
 def _as_prompt(value, where: str) -> list[dict]:
     value = conversation(value)
-    return [{"role": "user", "content": value}] if isinstance(value, str) else messages(value, where)
+    return [{"role": "user", "content": _filled(value, where)}] if isinstance(value, str) else messages(value, where)
 
 
-def _pairwise(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> dict:
+def _pairwise(prompt: list[dict], chosen: list[dict], rejected: list[dict],
+              fields: tuple[str, str, str] = ("prompt", "chosen", "rejected")) -> dict:
+    """`fields`: where the row holds the prompt, chosen and rejected, for the errors."""
     if not prompt or prompt[-1]["role"] not in ("user", "tool"):
         raise RowError("the prompt must end with a user message")
+    _said(prompt, fields[0])
+    _answered(chosen, fields[1])
+    _answered(rejected, fields[2])
     if chosen[0]["content"] == rejected[0]["content"]:
         raise RowError("chosen and rejected are identical: the pair teaches nothing")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _said(prompt: list[dict], where: str) -> None:
+    """Every user and assistant turn of a prompt says something (a tool call counts)."""
+    for i, m in enumerate(prompt):
+        if m["role"] in ("user", "assistant") and not m["content"].strip() and not m.get("tool_calls"):
+            raise RowError(f"'{where}[{i}]': the {m['role']} message is empty")
+
+
+def _answered(answer: list[dict], where: str) -> None:
+    """A preference answer says something (or calls a tool): an empty one teaches nothing."""
+    if not answer[0]["content"].strip() and not answer[0].get("tool_calls"):
+        raise RowError(f"the answer in '{where}' is empty: it must say something")
+
+
+def _filled(text: str, where: str) -> str:
+    if not text.strip():
+        raise RowError(f"'{where}' is empty")
+    return text
 
 
 def _split_conversations(chosen: list[dict], rejected: list[dict]) -> list[dict]:
@@ -255,7 +279,8 @@ def pref_pairwise(row: dict) -> dict:
     if all(full):
         chosen_msgs, rejected_msgs = messages(chosen_raw, "chosen"), messages(rejected_raw, "rejected")
         prompt = _split_conversations(chosen_msgs, rejected_msgs)
-        return _pairwise(prompt, _answer(chosen_msgs, "chosen"), _answer(rejected_msgs, "rejected"))
+        return _pairwise(prompt, _answer(chosen_msgs, "chosen"), _answer(rejected_msgs, "rejected"),
+                         ("chosen", "chosen", "rejected"))
     if "prompt" not in row:
         raise RowError("'prompt' is missing, and chosen/rejected are not full conversations to take it from")
     return _pairwise(_as_prompt(row["prompt"], "prompt"), _answer(chosen_raw, "chosen"),
@@ -268,7 +293,8 @@ def pref_swift(row: dict) -> dict:
     if msgs[-1]["role"] != "assistant":
         raise RowError("'messages' must end with the chosen assistant answer")
     rejected = [{"role": "assistant", "content": _text(row["rejected_response"], "rejected_response")}]
-    return _pairwise(msgs[:-1], msgs[-1:], rejected)
+    fields = ("messages", f"messages[{len(msgs) - 1}]", "rejected_response")
+    return _pairwise(msgs[:-1], msgs[-1:], rejected, fields)
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -289,18 +315,27 @@ def pref_hh(row: dict) -> dict:
     for name, msgs in (("chosen", chosen), ("rejected", rejected)):
         if msgs[-1]["role"] != "assistant":
             raise RowError(f"'{name}' must end with an Assistant: turn")
-    return _pairwise(_split_conversations(chosen, rejected), chosen[-1:], rejected[-1:])
+    return _pairwise(_split_conversations(chosen, rejected), chosen[-1:], rejected[-1:],
+                     ("chosen", "chosen", "rejected"))
 
 
 def _rating(completion: dict, i: int) -> float:
     score = completion.get("overall_score")
     if isinstance(score, (int, float)):
-        return float(score)
+        return _score(score, f"completions[{i}].overall_score")
     ratings = [a.get("Rating") for a in (completion.get("annotations") or {}).values() if isinstance(a, dict)]
-    ratings = [float(r) for r in ratings if isinstance(r, (int, float)) or (isinstance(r, str) and r.isdigit())]
+    ratings = [_score(r, f"completions[{i}].annotations") for r in ratings
+               if isinstance(r, (int, float)) or (isinstance(r, str) and r.isdigit())]
     if not ratings:
         raise RowError(f"'completions[{i}]' has no overall_score and no annotation ratings")
     return sum(ratings) / len(ratings)
+
+
+def _score(value, where: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise RowError(f"'{where}' is {str(value)[:20]}..., too large for a rating") from None
 
 
 def pref_ultrafeedback(row: dict) -> dict:
@@ -314,9 +349,11 @@ def pref_ultrafeedback(row: dict) -> dict:
     (best, b), (worst, w) = scored[0], scored[-1]
     if best == worst:
         raise SkipRow("all completions are rated the same")
-    return _pairwise([{"role": "user", "content": _text(row["instruction"], "instruction")}],
-                     [{"role": "assistant", "content": _text(completions[b].get("response"), f"completions[{b}]")}],
-                     [{"role": "assistant", "content": _text(completions[w].get("response"), f"completions[{w}]")}])
+    best, worst = f"completions[{b}].response", f"completions[{w}].response"
+    return _pairwise([{"role": "user", "content": _filled(_text(row["instruction"], "instruction"), "instruction")}],
+                     [{"role": "assistant", "content": _text(completions[b].get("response"), best)}],
+                     [{"role": "assistant", "content": _text(completions[w].get("response"), worst)}],
+                     ("instruction", best, worst))
 
 
 LABELS = {True: True, False: False, "true": True, "false": False, "1": True, "0": False,  # 1 == True, 0 == False
@@ -331,8 +368,10 @@ def pref_unpaired(row: dict) -> dict:
     prompt = _as_prompt(row["prompt"], "prompt")
     if prompt[-1]["role"] not in ("user", "tool"):
         raise RowError("the prompt must end with a user message")
-    return {"prompt": prompt, "completion": _answer(conversation(row["completion"]), "completion"),
-            "label": LABELS[label]}
+    _said(prompt, "prompt")
+    completion = _answer(conversation(row["completion"]), "completion")
+    _answered(completion, "completion")
+    return {"prompt": prompt, "completion": completion, "label": LABELS[label]}
 
 
 # ---- eval ----------------------------------------------------------------------------------------
@@ -345,12 +384,14 @@ def eval_qa(row: dict) -> dict:
     for q, a in QA_FIELDS:
         if q in row and a in row:
             answer = str(row[a]) if isinstance(row[a], (int, float)) and not isinstance(row[a], bool) else row[a]
-            out = {"question": _text(row[q], q), "answer": _text(answer, a)}
+            out = {"question": _filled(_text(row[q], q), q), "answer": _filled(_text(answer, a), a)}
             return out | ({"system": _text(row["system"], "system")} if row.get("system") else {})
     msgs = sft_messages(row)["messages"] if "messages" in row else sft_sharegpt(row)["messages"]
     users = [m for m in msgs if m["role"] == "user"]
     system = [m["content"] for m in msgs if m["role"] == "system"]
-    return {"question": users[-1]["content"] if users else "", "answer": msgs[-1]["content"],
+    if not users:
+        raise RowError("the conversation has no user message to ask as the question")
+    return {"question": users[-1]["content"], "answer": msgs[-1]["content"],
             **({"system": system[0]} if system else {})}
 
 

@@ -4,6 +4,7 @@ numbers, for every format; a bad file's exit code and listing; nothing half-writ
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,97 @@ def test_convert_exits_2_listing_bad_rows_and_writes_nothing(tmp_path, capsys):
     quarantined = [json.loads(line) for line in open(tmp_path / "out" / "sft.quarantine.jsonl")]
     assert [(q["line"], q["row"]) for q in quarantined] == [(2, {"query": 1, "response": "a"})]
     assert json.loads((tmp_path / "out" / "sft.report.json").read_text())["bad"] == 1
+
+
+def convert_cli(*args: str) -> int:
+    return main(["data", "convert", *args])
+
+
+def test_inspect_of_a_file_of_only_bad_rows_exits_2_listing_them(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "same", "rejected": "same"}\n'
+                    '{"prompt": "b", "chosen": "x", "rejected": " "}\n')
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "empty after conversion" in err and "Traceback" not in err
+    assert f"{path}:1: chosen and rejected are identical" in err
+    assert f"{path}:2: the answer in 'rejected' is empty" in err
+    path.write_text("not json\n[1, 2]\n")
+    assert main(["data", "inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1: not valid JSON" in err and f"{path}:2: expected a JSON object, got list" in err
+
+
+def test_convert_keeps_the_quarantine_when_every_row_is_bad(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"query": 1, "response": "a"}\n{"query": "q", "response": ""}\n')
+    out = tmp_path / "out" / "sft.jsonl"
+    assert convert_cli(str(source), "--kind", "sft", "--on-bad-rows", "skip", "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    kept = tmp_path / "out" / "sft.quarantine.jsonl"
+    assert "empty after conversion" in err and str(kept) in err and f"{source}:2: " in err
+    assert [json.loads(line)["line"] for line in open(kept)] == [1, 2]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sft.quarantine.jsonl"]
+
+
+def test_convert_refuses_an_output_that_is_an_input(tmp_path, capsys):
+    row = b'{"query": "q", "response": "a"}\n'
+    source, quarantined, folder = tmp_path / "data.jsonl", tmp_path / "old.quarantine.jsonl", tmp_path / "raw"
+    folder.mkdir()
+    for path in (source, quarantined, folder / "part.jsonl"):
+        path.write_bytes(row)
+    (tmp_path / "link.jsonl").symlink_to(source)
+    (tmp_path / "hard.jsonl").hardlink_to(source)
+    cases = [(source, source), (source, tmp_path / "sub" / ".." / "data.jsonl"), (source, tmp_path / "link.jsonl"),
+             (tmp_path / "link.jsonl", source), (source, tmp_path / "hard.jsonl"),
+             (quarantined, tmp_path / "old.jsonl"),  # its quarantine would be written over the input
+             (folder, folder / "clean.jsonl")]  # the next conversion of the folder would read it
+    for given, out in cases:
+        assert convert_cli(str(given), "--kind", "sft", "-o", str(out)) == 2, (given, out)
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: -o {out}: would write ") and err.count("\n") == 1
+    assert all(path.read_bytes() == row for path in (source, quarantined, folder / "part.jsonl"))
+    assert sorted(p.name for p in folder.iterdir()) == ["part.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "hard.jsonl", "link.jsonl",
+                                                          "old.quarantine.jsonl", "raw"]
+
+
+def test_convert_refuses_an_output_that_is_a_folder(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"query": "q", "response": "a"}\n')
+    folder = tmp_path / "out.jsonl"
+    folder.mkdir()
+    assert convert_cli(str(source), "--kind", "sft", "-o", str(folder)) == 2
+    assert capsys.readouterr().err.startswith(f"error: -o {folder}: is a folder")
+    assert list(folder.iterdir()) == []
+
+
+def test_convert_removes_a_quarantine_left_by_an_earlier_conversion(tmp_path, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"query": "q", "response": "a"}\n{"query": 1, "response": "a"}\n')
+    out = tmp_path / "sft.jsonl"
+    assert convert_cli(str(source), "--kind", "sft", "--on-bad-rows", "skip", "-o", str(out)) == 0
+    assert (tmp_path / "sft.quarantine.jsonl").exists()
+    source.write_text('{"query": "q", "response": "a"}\n')
+    assert convert_cli(str(source), "--kind", "sft", "-o", str(out)) == 0
+    assert not (tmp_path / "sft.quarantine.jsonl").exists()
+    assert json.loads((tmp_path / "sft.report.json").read_text())["bad"] == 0
+
+
+@pytest.mark.parametrize("where", ["parent-is-a-file", "proc"])
+def test_convert_to_a_folder_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys, where):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"query": "q", "response": "a"}\n')
+    out = source / "sft.jsonl" if where == "parent-is-a-file" else Path("/proc/alignflow-test/sft.jsonl")
+    assert convert_cli(str(source), "--kind", "sft", "-o", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -o {out}: cannot write in {out.parent} (") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "ten"])
+def test_inspect_refuses_a_max_length_that_is_not_positive(tmp_path, capsys, value):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(EXAMPLES["messages"][1]) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "inspect", str(path), "--max-length", value])
+    assert exit_.value.code == 2 and "--max-length" in capsys.readouterr().err

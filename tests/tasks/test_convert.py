@@ -757,3 +757,189 @@ def test_an_empty_answer_is_a_bad_row(tmp_path):
     rows = [{"query": "Say nothing", "response": " "}, {"query": "Say hi", "response": "hi"}]
     message = failure(tmp_path, "sft", write(tmp_path / "e.jsonl", rows))
     assert "e.jsonl:1: 'messages[1]': the assistant message is empty" in message
+
+
+# ---- rows that are one bad row each, never the end of the dataset ----------------------------------
+
+DEEP_ARRAYS, DEEP_OBJECTS = "[" * 100_000, '{"a":' * 100_000
+
+
+def test_a_line_nested_too_deeply_is_one_bad_row_kept_with_its_text(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text(jsonl_text([GOOD_CHAT]) + DEEP_ARRAYS + "\n" + DEEP_OBJECTS + "\n")
+    result = convert_files(tmp_path, "sft", path, on_bad_rows="skip")
+    assert result.rows == [GOOD_CHAT] and result.counts["bad"] == 2
+    assert [(q["line"], q["reason"].split(":")[0], q["row"], q["text"])
+            for q in read_jsonl(result.out / "quarantine.jsonl")] == [
+        (2, "nested too deeply", None, DEEP_ARRAYS), (3, "nested too deeply", None, DEEP_OBJECTS)]
+    assert f"{path}:2: nested too deeply" in failure(tmp_path, "sft", path)
+
+
+def test_a_json_document_nested_too_deeply_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('[{"messages": ' + DEEP_ARRAYS)
+    assert failure(tmp_path, "sft", path).startswith(f"{path}: nested too deeply")
+
+
+DEEP_TOOL_CALL = {"messages": [
+    {"role": "user", "content": "Call it."},
+    {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": DEEP_ARRAYS}}]},
+    {"role": "tool", "content": "done"}, {"role": "assistant", "content": "Done."}]}
+
+
+@pytest.mark.parametrize("name, row", [("cell.csv", {"messages": DEEP_ARRAYS}),
+                                       ("arguments.jsonl", DEEP_TOOL_CALL)], ids=["csv-cell", "tool-arguments"])
+def test_a_value_nested_too_deeply_within_a_row_is_one_bad_row(tmp_path, name, row):
+    """JSON text inside a row (a CSV cell, a tool call's arguments) is decoded by the format, after reading."""
+    path = write(tmp_path / name, [GOOD_CHAT, row])
+    result = convert_files(tmp_path, "sft", path, on_bad_rows="skip")
+    assert len(result.rows) == 1 and result.counts["bad"] == 1
+    assert f"{path}:" in failure(tmp_path, "sft", path) and "nested too deeply" in failure(tmp_path, "sft", path)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_row_too_deep_to_write_is_a_bad_row_quarantined_as_its_text(tmp_path, monkeypatch):
+    """A row that was read (e.g. from Parquet) but is deeper than JSON can write: one bad row."""
+    from tasks import convert as convert_module
+    from tasks.readers import Record
+
+    deep = dict(GOOD_CHAT, tools=nested(100_000))
+    monkeypatch.setattr(convert_module, "records", lambda path, shown: iter([
+        Record(shown, 1, GOOD_CHAT), Record(shown, 2, deep, text="the line as read")]))
+    (tmp_path / "deep.jsonl").write_text("")
+    result = convert_files(tmp_path, "sft", tmp_path / "deep.jsonl", on_bad_rows="skip")
+    assert result.rows == [GOOD_CHAT]
+    [quarantined] = read_jsonl(result.out / "quarantine.jsonl")
+    assert (quarantined["line"], quarantined["row"], quarantined["text"]) == (2, None, "the line as read")
+    assert quarantined["reason"].startswith("nested too deeply")
+
+
+def cut_gzip(tmp_path: Path, name: str, how: str) -> Path:
+    """2000 Alpaca rows as `name`, the gzip stream cut in half or with 64 bytes damaged in its middle."""
+    data = write(tmp_path / "whole" / name, conversions(2000)).read_bytes()
+    data = data if data[:2] == b"\x1f\x8b" else gzip.compress(data)  # `write` leaves Parquet uncompressed
+    middle = len(data) // 2
+    broken = data[:middle] if how == "cut" else data[:middle] + bytes(b ^ 0xA5 for b in data[middle:middle + 64]) \
+        + data[middle + 64:]
+    path = tmp_path / name
+    path.write_bytes(broken)
+    return path
+
+
+@pytest.mark.parametrize("how", ["cut", "damaged"])
+@pytest.mark.parametrize("name", ["data.jsonl.gz", "data.csv.gz", "data.tsv.gz", "data.json.gz", "data.parquet.gz"])
+def test_a_truncated_or_damaged_gzip_is_a_data_error_naming_file_and_line(tmp_path, name, how):
+    path = cut_gzip(tmp_path, name, how)
+    message = failure(tmp_path, "sft", path, on_bad_rows="skip")
+    where, _, why = message.partition(": the gzip stream ends early (truncated or corrupt): ")
+    assert why and message.endswith("; re-download or re-compress it") and "\n" not in message
+    if name == "data.parquet.gz":  # a binary file has no lines
+        assert where == str(path)
+    else:
+        assert where.startswith(f"{path}:") and int(where.removeprefix(f"{path}:")) > 1
+    assert not any((o / "data.jsonl").exists() for o in tmp_path.glob("out-*"))
+
+
+EMPTY_PREFERENCES = [  # (row, reason)
+    ({"prompt": " ", "chosen": "Paris.", "rejected": "Lyon."}, "'prompt' is empty"),
+    ({"prompt": "Capital of France?", "chosen": "", "rejected": "Lyon."}, "the answer in 'chosen' is empty"),
+    ({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "\n\t"}, "the answer in 'rejected' is empty"),
+    ({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " "}],
+      "chosen": [{"role": "assistant", "content": "Paris."}], "rejected": [{"role": "assistant", "content": "Lyon."}]},
+     "'prompt[1]': the user message is empty"),
+    ({"chosen": [{"role": "user", "content": ""}, {"role": "assistant", "content": "Paris."}],
+      "rejected": [{"role": "user", "content": ""}, {"role": "assistant", "content": "Lyon."}]},
+     "'chosen[0]': the user message is empty"),
+    ({"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": " "}],
+      "rejected_response": "Lyon."}, "the answer in 'messages[1]' is empty"),
+    ({"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}],
+      "rejected_response": ""}, "the answer in 'rejected_response' is empty"),
+    ({"chosen": "\n\nHuman: \n\nAssistant: Paris.", "rejected": "\n\nHuman: \n\nAssistant: Lyon."},
+     "'chosen[0]': the user message is empty"),
+    ({"chosen": "\n\nHuman: Capital of France?\n\nAssistant: Paris.", "rejected": "\n\nHuman: Capital of France?"
+                                                                                  "\n\nAssistant:  "},
+     "the answer in 'rejected' is empty"),
+    ({"instruction": " ", "completions": [{"response": "Paris.", "overall_score": 9},
+                                          {"response": "Lyon.", "overall_score": 2}]}, "'instruction' is empty"),
+    ({"instruction": "Capital of France?", "completions": [{"response": "Paris.", "overall_score": 9},
+                                                           {"response": "", "overall_score": 2}]},
+     "the answer in 'completions[1].response' is empty"),
+    ({"prompt": "", "completion": "Paris.", "label": True}, "'prompt' is empty"),
+    ({"prompt": "Capital of France?", "completion": " ", "label": False}, "the answer in 'completion' is empty"),
+]
+
+
+@pytest.mark.parametrize("row, reason", EMPTY_PREFERENCES, ids=[
+    "prompt", "chosen", "rejected", "prompt-turn", "shared-turn", "swift-chosen", "swift-rejected", "hh-prompt",
+    "hh-rejected", "uf-instruction", "uf-response", "kto-prompt", "kto-completion"])
+def test_an_empty_prompt_or_answer_in_a_preference_row_is_a_bad_row(tmp_path, row, reason):
+    path = write(tmp_path / "pref.jsonl", [row])
+    fmt = "unpaired" if "label" in row else "auto"
+    assert f"{path}:1: {reason}" in failure(tmp_path, "preference", DataSource(source=str(path), format=fmt))
+
+
+@pytest.mark.parametrize("row", [
+    {"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "Hello!"}]},
+    {"conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "Hello!"}]},
+    {"instruction": "\n", "input": "", "output": "Hello!"},
+], ids=["messages", "sharegpt", "alpaca"])
+def test_an_empty_user_message_in_sft_is_a_bad_row(tmp_path, row):
+    path = write(tmp_path / "sft.jsonl", [row, GOOD_CHAT])
+    message = failure(tmp_path, "sft", path)
+    assert f"{path}:1: " in message and "the user message is empty" in message
+
+
+def test_a_file_of_only_bad_rows_lists_them_in_the_empty_error(tmp_path):
+    rows = [{"prompt": f"Question {n}?", "chosen": "same", "rejected": "same"} for n in range(25)]
+    path = write(tmp_path / "pref.jsonl", rows)
+    message = failure(tmp_path, "preference", path, on_bad_rows="skip")
+    assert "empty after conversion" in message
+    assert f"{path}:1: chosen and rejected are identical" in message and f"{path}:20: " in message
+    assert "  ... and 5 more" in message
+    [out] = tmp_path.glob("out-*")
+    assert not (out / "data.jsonl").exists() and len(read_jsonl(out / "quarantine.jsonl")) == 25
+
+
+def test_the_quarantine_keeps_the_text_of_lines_that_are_not_rows(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"query": "q", "response": "a"}\n{query: "no quotes"}\n[1, 2]\n"just text \xff"\n')
+    result = convert_files(tmp_path, "sft", path, on_bad_rows="skip")
+    assert [(q["line"], q["row"], q["text"]) for q in read_jsonl(result.out / "quarantine.jsonl")] == [
+        (2, None, '{query: "no quotes"}'), (3, None, "[1, 2]"), (4, None, '"just text \ufffd"')]
+
+
+def test_a_key_given_twice_is_a_bad_row(tmp_path):
+    path = tmp_path / "twice.jsonl"
+    path.write_text('{"prompt": "a", "prompt": "b", "chosen": "x", "rejected": "y"}\n'
+                    '{"prompt": "c", "chosen": [{"role": "assistant", "content": "x", "content": "z"}], '
+                    '"rejected": "y"}\n'
+                    '{"prompt": "d", "chosen": "x", "rejected": "y"}\n')
+    message = failure(tmp_path, "preference", path)
+    assert f"{path}:1: duplicate key 'prompt'" in message and f"{path}:2: duplicate key 'content'" in message
+    assert f"{path}:3:" not in message
+    document = tmp_path / "twice.json"
+    document.write_text('[{"prompt": "d", "chosen": "x", "rejected": "y"},\n'
+                        ' {"prompt": "a", "chosen": "x", "rejected": "y", "chosen": "z"}]')
+    message = failure(tmp_path, "preference", document)
+    assert f"{document}:2: duplicate key 'chosen'" in message and f"{document}:1:" not in message
+
+
+def test_a_csv_header_naming_a_column_twice_is_a_data_error(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer,answer\nWhat is 1+1?,2,3\n")
+    assert failure(tmp_path, "eval", path).startswith(f"{path}:1: the header names the column 'answer' twice")
+
+
+@pytest.mark.parametrize("row", [{"question": "  ", "answer": "4"}, {"question": "2+2?", "answer": ""},
+                                 {"query": "2+2?", "response": "\n"}])
+def test_an_eval_row_with_an_empty_question_or_answer_is_a_bad_row(tmp_path, row):
+    path = tmp_path / "eval.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    with pytest.raises(DataError, match="eval.jsonl:1: .* is empty"):
+        convert_sources("eval", [DataSource(source=str(path))], ConvertRules(), tmp_path / "out", tmp_path / "s")
