@@ -13,15 +13,16 @@ its field path, the valid range and a "did you mean" before any work starts:
 from __future__ import annotations
 
 import difflib
-import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from alignflow.errors import ConfigError
+from alignflow.names import DATASET_PATTERN, FRIENDLY, NAME_PATTERN, is_valid
+from flows.spec_yaml import apply_override, read_spec_file
 from tasks.config import StageConfig, valid_range
 from tasks.convert import ConvertRules, DataSource
 from tasks.cpo import CPOStage
@@ -38,10 +39,6 @@ from tasks.quantize import QuantizeStage
 from tasks.reward import RewardStage
 from tasks.sft import SFTStage
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-DATASET_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}(/[a-z0-9][a-z0-9_.-]{0,62})+$"
-
-
 class Stages(StageConfig):
     """A stage runs when it is set (an empty mapping: on, with its defaults) and is skipped when empty."""
 
@@ -56,14 +53,15 @@ class Stages(StageConfig):
     merge: MergeStage = Field(default_factory=MergeStage, description="folds adapters into full weights")
     quantize: Optional[QuantizeStage] = Field(None, description="post-training quantization")
     evaluate: Optional[EvaluateStage] = Field(None, description="EvalScope on the eval split (needs data.eval)")
-    judge: JudgeStage = Field(default_factory=JudgeStage, description="the reward model's win rate of the candidate "
-                                                                      "over the SFT policy (runs with stages.reward "
-                                                                      "and stages.evaluate)")
+    judge: Optional[JudgeStage] = Field(default_factory=JudgeStage,
+                                        description="the reward model's win rate of the candidate over the SFT policy "
+                                                    "(runs with stages.reward and stages.evaluate; empty: off)")
     gate: Optional[GateStage] = Field(None, description="rules a candidate must pass to replace production")
     deploy: Optional[DeployStage] = Field(None, description="serve the result behind vLLM")
 
 
 Sources = Union[str, DataSource, list[Union[str, DataSource]]]
+BLOCK_SLUG = r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$"  # a Prefect block: TYPE/NAME
 SPLITS = ("sft", "preference", "eval")
 
 
@@ -111,6 +109,30 @@ class ScheduleSpec(StageConfig):
     cron: str = Field("0 2 * * *", description="when post-train/nightly runs (cron syntax; default 02:00)")
     timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
 
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from prefect._internal.schemas.validators import validate_cron_string  # the server's own check
+
+        try:
+            return validate_cron_string(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a cron schedule: five fields, minute hour day month weekday, "
+                             "e.g. '0 2 * * *' (02:00 daily)") from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            close = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1)
+            raise ValueError(f"{value!r} is not an IANA time zone, e.g. UTC or Europe/Berlin"
+                             + (f"; did you mean {close[0]!r}?" if close else "")) from None
+        return value
+
 
 class WatchSpec(StageConfig):
     """Data sources the `watch-data` deployment scans; a change becomes a new dataset version and one event."""
@@ -133,7 +155,8 @@ class ServiceSpec(StageConfig):
                                                                         "training, quantize and evaluate")
     accelerator_slots: int = Field(1, ge=1, le=1024, description="how many of those stages may run at once on the "
                                                                  "machines that share the limit")
-    notify: Optional[str] = Field(None, description="a saved Prefect notification block ('slack-webhook/alerts', "
+    notify: Optional[str] = Field(None, pattern=BLOCK_SLUG,
+                                  description="a saved Prefect notification block ('slack-webhook/alerts', "
                                                     "'custom-webhook/ops') told when a run fails or a gate rejects")
 
 
@@ -158,76 +181,63 @@ class PipelineSpec(StageConfig):
         return self.model_dump(mode="json")
 
 
-FRIENDLY_PATTERNS = {NAME_PATTERN: "must be lowercase letters, digits, '-', '_' or '.' (at most 63)",
-                     DATASET_PATTERN: "must be PIPELINE/NAME, e.g. demo/sft-extra"}
+FRIENDLY_PATTERNS = {**FRIENDLY, BLOCK_SLUG: "must name a saved Prefect block as TYPE/NAME, e.g. slack-webhook/alerts"}
 
 
 # ---- loading -------------------------------------------------------------------------------------
 
 def load_spec(path: str | Path, overrides: list[str] = (), store: str | None = None,
-              skip: list[str] = ()) -> PipelineSpec:
-    """Read a YAML spec, apply `--set a.b=v` overrides, `--store` and `--skip STAGE`, validate, return it."""
-    import yaml
-
+              skip: list[str] = (), before_work: bool = False) -> PipelineSpec:
+    """Read a YAML spec, apply `--set a.b=v` overrides, `--store` and `--skip STAGE`, validate, return it.
+    Every problem (the file's, the overrides', the spec's) is reported at once, in one ConfigError;
+    `before_work` adds whether what the spec names is there (flows/preflight.py)."""
     path = Path(path)
-    try:
-        raw = read_yaml(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass the path of a pipeline spec (see deployments/demo.yaml)",
-                          "command line") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}", str(path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level", str(path))
+    raw, problems = read_spec_file(path), []
     for item in overrides:
-        apply_override(raw, item)
-    if store:
-        raw["store"] = store
+        try:
+            apply_override(raw, item)
+        except ConfigError as exc:
+            problems += exc.problems
+    if store is not None:
+        if store.strip():
+            raw["store"] = store
+        else:
+            problems.append("--store: empty; pass a folder or s3://bucket/prefix, or leave --store out")
     stages = raw.get("stages") if isinstance(raw.get("stages"), dict) else {}
     for name in stages:  # in YAML, `evaluate:` with nothing after it means "on, with defaults"
         if stages[name] is None:
             stages[name] = {}
+    problems += skip_stages(raw, skip)
+    try:
+        spec = parse_spec(raw, source=str(path), before_work=before_work)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems, str(path))
+    return spec
+
+
+def skip_stages(raw: dict, skip: list[str]) -> list[str]:
+    """`--skip STAGE`: the stage is off for this run (null, as the dashboard's form sends it)."""
+    problems = []
     for name in skip:
-        if name not in Stages.model_fields:
+        if name == "merge":
+            problems.append("--skip merge: merge is not optional: it runs when an adapter must become full weights "
+                            "(for evaluate, quantize or deploy). To serve the adapter itself, set "
+                            "stages.deploy.mode: adapter and leave out stages.quantize")
+        elif name not in Stages.model_fields:
             close = difflib.get_close_matches(name, list(Stages.model_fields), n=1)
-            raise ConfigError(f"--skip {name}: no such stage" + (f"; did you mean {close[0]!r}?" if close else ""),
-                              "command line")
-        stages.pop(name, None)
-    return parse_spec(raw, source=str(path))
+            problems.append(f"--skip {name}: no such stage" + (f"; did you mean {close[0]!r}?" if close else
+                                                                f"; stages: {', '.join(Stages.model_fields)}"))
+        elif isinstance(raw.setdefault("stages", {}), dict):
+            raw["stages"][name] = None
+    return problems
 
 
-def read_yaml(text: str):
-    """YAML as users write it: `1e-4` is a number (YAML 1.1, and so PyYAML, would read it as a string)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-        r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """`apply_override(d, "stages.dpo.beta=0.2")` sets d["stages"]["dpo"]["beta"] = 0.2 (YAML-typed)."""
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stages.dpo.beta=0.2", "command line")
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if node is None:
-            node = {}
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {part} is not a mapping", "command line")
-    node[leaf] = read_yaml(value)
-
-
-def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
+def parse_spec(raw: Any, source: str = "spec", before_work: bool = False) -> PipelineSpec:
     """Validate plain data (YAML, flow parameters, the dashboard's form) into a PipelineSpec, or raise one
-    ConfigError listing every problem."""
+    ConfigError listing every problem; `before_work` adds the checks of what it names (flows/preflight.py):
+    the model, the data, the store, the serve env."""
     if isinstance(raw, PipelineSpec):
         raw = raw.to_dict()
     if not isinstance(raw, dict):
@@ -237,6 +247,10 @@ def parse_spec(raw: Any, source: str = "spec") -> PipelineSpec:
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc.errors(), raw), source) from None
     problems = cross_checks(spec)
+    if before_work:
+        from flows.preflight import preflight
+
+        problems += preflight(spec)
     if problems:
         raise ConfigError(problems, source)
     return spec
@@ -246,13 +260,22 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
     """Rules that span fields: a stage needs its data split, a gate needs an evaluation, ..."""
     problems = unmet_needs(spec) + format_problems(spec.data)
     problems += [problem for _, config in spec.stages if config is not None for problem in config.problems()]
+    problems += trainer_args_problems(spec.stages)
     problems += serving_problems(spec.stages)
     if spec.storage and not spec.store.startswith("s3://"):
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
     for name in spec.service.watch.sources:
-        if not re.match(DATASET_PATTERN, name):
-            problems.append(f"service.watch.sources.{name}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
+        if not is_valid("dataset", name):
+            problems.append(f"service.watch.sources.{name!r}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
     return problems
+
+
+def trainer_args_problems(stages: Stages) -> list[str]:
+    """Keys of a trainer's `trainer_args` that its TRL config class does not take (read from TRL's source)."""
+    from tasks.trl_args import unknown_args
+
+    return [problem for name, config in stages if getattr(config, "trl_config", None)
+            for problem in unknown_args(config.trl_config, config.trainer_args, f"stages.{name}.trainer_args")]
 
 
 def unmet_needs(spec: PipelineSpec) -> list[str]:
@@ -317,7 +340,7 @@ def describe_errors(errors: list[dict], raw: dict) -> list[str]:
     problems, seen_unions = [], set()
     for err in errors:
         model, path, rest = _walk(PipelineSpec, err["loc"])
-        where = ".".join(str(p) for p in path)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
         if rest:  # a union member's error: report the field once
             if where not in seen_unions:
                 seen_unions.add(where)
@@ -340,8 +363,8 @@ def _walk(model, loc: tuple) -> tuple[type, list, list]:
                 return owner, path, []
             current = _unwrap_optional(field.annotation)
         elif typing.get_origin(current) in (dict, list):
-            path.append(part)  # a key or an index: the values are not models
-            current = None
+            path.append(part)  # a key or an index: on to the item's type (a model in `sets: list[EvalSet]`)
+            current = _unwrap_optional(typing.get_args(current)[-1])
         else:
             return owner, path, list(loc[i:])
     return owner, path, []

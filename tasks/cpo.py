@@ -23,6 +23,8 @@ LIBRARIES = trainer.LIBRARIES
 class CPOStage(PolicyStage):
     """CPO or SimPO (trl.experimental.cpo). `trainer_args` go to its CPOConfig."""
 
+    trl_config: ClassVar[str] = "trl.experimental.cpo.cpo_config.CPOConfig"  # checks trainer_args keys at spec time
+
     loss_type: Literal["sigmoid", "hinge", "ipo", "simpo", "alphapo"] = Field(
         "sigmoid", description="sigmoid: CPO; simpo: SimPO (length-normalized, with a target margin); hinge, "
                                "ipo, alphapo as TRL names them")

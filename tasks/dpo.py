@@ -10,7 +10,7 @@ SFT artifact (or a full `model` with `tuner: full`).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,8 @@ DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 
 class DPOStage(PolicyStage):
     """Direct Preference Optimization (trl.DPOTrainer) on the SFT result. `trainer_args` go to trl.DPOConfig."""
+
+    trl_config: ClassVar[str] = "trl.trainer.dpo_config.DPOConfig"  # checks trainer_args keys at spec time
 
     beta: float = Field(0.1, gt=0, le=100, description="DPO temperature: higher keeps the policy closer to the "
                                                        "reference model")

@@ -10,7 +10,7 @@ include the mean reward over the first and the last tenth of training.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -36,6 +36,8 @@ class GRPORewards(StageConfig):
 
 class GRPOStage(PolicyStage):
     """GRPO (trl.GRPOTrainer) with the reward model and rule-based rewards. `trainer_args` go to trl.GRPOConfig."""
+
+    trl_config: ClassVar[str] = "trl.trainer.grpo_config.GRPOConfig"  # checks trainer_args keys at spec time
 
     prompts: Literal["sft", "preference"] = Field(
         "sft", description="where prompts and reference answers come from: the SFT split (last assistant turn) or "

@@ -8,6 +8,8 @@ is the adapter-off model, as for DPO. Output: an `adapter` artifact on the SFT r
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from storage import ArtifactRef
@@ -20,6 +22,8 @@ LIBRARIES = trainer.LIBRARIES
 
 class KTOStage(PolicyStage):
     """Kahneman-Tversky Optimization (trl.KTOTrainer) on good/bad answers. `trainer_args` go to trl.KTOConfig."""
+
+    trl_config: ClassVar[str] = "trl.trainer.kto_config.KTOConfig"  # checks trainer_args keys at spec time
 
     beta: float = Field(0.1, gt=0, le=100, description="how far the policy may move from the reference model "
                                                        "(higher: less)")

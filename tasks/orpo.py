@@ -22,6 +22,8 @@ LIBRARIES = trainer.LIBRARIES
 class ORPOStage(PolicyStage):
     """Odds Ratio Preference Optimization (trl.experimental.orpo). `trainer_args` go to its ORPOConfig."""
 
+    trl_config: ClassVar[str] = "trl.experimental.orpo.orpo_config.ORPOConfig"  # checks trainer_args keys at spec time
+
     beta: float = Field(0.1, gt=0, le=100, description="weight of the odds-ratio term against the SFT loss "
                                                        "(lambda in the paper)")
     learning_rate: float = trainer.learning_rate(8.0e-6)

@@ -7,6 +7,7 @@ pairwise accuracy: the share of unseen pairs where it scores `chosen` above `rej
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -21,6 +22,8 @@ LIBRARIES = trainer.LIBRARIES
 
 class RewardStage(TrainingStage):
     """A scalar reward model (trl.RewardTrainer) on preference pairs. `trainer_args` go to trl.RewardConfig."""
+
+    trl_config: ClassVar[str] = "trl.trainer.reward_config.RewardConfig"  # checks trainer_args keys at spec time
 
     learning_rate: float = trainer.learning_rate(1.0e-4)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of pairs held out to measure pairwise "

@@ -7,7 +7,7 @@ Output: an `adapter` artifact (LoRA/QLoRA, recording its base) or a `model` arti
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,8 @@ LIBRARIES = trainer.LIBRARIES
 
 class SFTStage(TrainingStage):
     """Supervised fine-tuning (trl.SFTTrainer). `trainer_args` go to trl.SFTConfig."""
+
+    trl_config: ClassVar[str] = "trl.trainer.sft_config.SFTConfig"  # checks trainer_args keys at spec time
 
     tuner: Literal["lora", "qlora", "full"] = Field(
         "lora", description="lora: a new adapter; qlora: an adapter on a 4-bit NF4 base (bitsandbytes); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -155,3 +156,92 @@ def test_a_method_the_installed_trl_lacks_is_refused_before_any_work():
     assert trainer.trl_lacks("trl.experimental.orpo", "orpo") == []
     problems = trainer.trl_lacks("trl.experimental.no_such_method", "orpo")
     assert problems and "the installed TRL 1.16" in problems[0] and "use stages.dpo" in problems[0]
+
+
+GATED = """name: p
+model: builtin://tiny-qwen2
+data: {sft: builtin://reverse/sft, eval: builtin://reverse/eval}
+stages:
+  sft:
+  evaluate:
+  gate:
+"""
+
+
+def test_a_set_on_a_stage_written_without_settings_is_applied_and_checked(tmp_path):
+    """`gate:` is "on, with defaults": an override of its fields lands in it (it once went to a detached
+    mapping, so a stricter gate was silently dropped and a worse model shipped)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(GATED)
+    assert load_spec(path, ["stages.gate.min_score=0.9"]).stages.gate.min_score == 0.9
+    with pytest.raises(ConfigError) as err:
+        load_spec(path, ["stages.gate.min_score=abc", "stages.sft.epochs=-5"])
+    assert "stages.gate.min_score: expected a number, got 'abc'" in str(err.value)
+    assert "stages.sft.epochs: -5 is out of range" in str(err.value)
+
+
+def test_set_values_that_are_not_yaml_and_keys_that_are_not_paths_are_named(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(GATED)
+    with pytest.raises(ConfigError) as err:
+        load_spec(path, ["stages.sft.epochs=[", "a..b=1", "stages.sft=3", "stages.sft.lora.r=4"])
+    message = str(err.value)
+    assert "--set stages.sft.epochs: the value is not valid YAML" in message
+    assert "--set 'a..b=1': expected KEY=VALUE with a dotted KEY" in message
+    assert "--set stages.sft.lora.r: stages.sft is int, not a mapping" in message
+
+
+def test_skip_of_judge_turns_it_off_and_skip_of_merge_or_an_empty_store_is_refused(tmp_path):
+    spec = load_spec("deployments/demo.yaml", skip=["judge"])
+    assert spec.stages.judge is None and load_spec("deployments/demo.yaml").stages.judge is not None
+    with pytest.raises(ConfigError) as err:
+        load_spec("deployments/demo.yaml", skip=["merge", "dpoo"], store="")
+    message = str(err.value)
+    assert "--skip merge: merge is not optional" in message and "--skip dpoo: no such stage; did you mean 'dpo'?" \
+        in message and "--store: empty" in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: p\nname: q\n", "s.yaml:2: not valid YAML: key 'name' appears twice in one mapping (first on line 1)"),
+    ("a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+     "expands to more than 100000 values"),
+    ("x: " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ("- a\n- b\n", "expected a mapping (name:, model:, ...) at the top level, got list"),
+])
+def test_duplicate_keys_alias_bombs_and_odd_documents_are_refused(tmp_path, text, expected):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_spec(path)
+
+
+def test_yaml_merge_keys_may_be_overridden_beside_them(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: p\nmodel: builtin://tiny-qwen2\n"
+                    "data: {sft: builtin://reverse/sft, preference: builtin://reverse/preference}\n"
+                    "stages:\n  sft: &train {epochs: 2, batch_size: 4}\n  reward: {<<: *train, epochs: 3}\n")
+    spec = load_spec(path)
+    assert (spec.stages.reward.epochs, spec.stages.reward.batch_size, spec.stages.sft.epochs) == (3, 4, 2)
+
+
+def test_a_spec_path_that_is_a_folder_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; pass the spec file itself"):
+        load_spec(tmp_path)
+
+
+@pytest.mark.parametrize("service, expected", [
+    ({"nightly": {"cron": "61 2 * * *"}}, "service.nightly.cron: '61 2 * * *' is not a cron schedule"),
+    ({"nightly": {"timezone": "Europe/Berln"}}, "did you mean 'Europe/Berlin'?"),
+    ({"notify": "alerts"}, "service.notify: 'alerts' must name a saved Prefect block as TYPE/NAME"),
+    ({"watch": {"sources": {"demo/x\n": "./d"}}}, "service.watch.sources.'demo/x\\n': must be PIPELINE/NAME"),
+])
+def test_the_service_section_is_checked_at_spec_time(service, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_spec({**MINIMAL, "service": service})
+
+
+def test_a_trainer_args_typo_is_refused_at_spec_time_with_the_close_name():
+    with pytest.raises(ConfigError, match=re.escape("stages.sft.trainer_args.max_step: TRL's SFTConfig has no "
+                                                    "argument 'max_step'; did you mean 'max_steps'?")):
+        parse_spec({**MINIMAL, "stages": {"sft": {"trainer_args": {"max_step": 3}}}})
