@@ -2,6 +2,7 @@
 
     alignflow run SPEC.yaml [--set stages.dpo.beta=0.2 ...] [--store PATH_OR_URI]
     alignflow demo [--set ...] [--store ...]
+    alignflow plan SPEC.yaml [--set ...] [--skip ...] [--store ...]   every check, then cached / would run
     alignflow serve ls | url NAME | logs NAME | stop NAME | --all | rollback NAME | k8s NAME
     alignflow artifacts ls [NAME] | show NAME[@V] [--lineage] | get NAME[@V] DEST | promote NAME@V ALIAS
                         | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +31,22 @@ EXIT_REJECTED = 3  # the gate rejected the candidate
 EXIT_SUPERSEDED = 4  # another run promoted first: this candidate was judged against a stale production
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: 1, 2, ... (argparse turns the ValueError into `error: argument ...` and exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: 0 (any free port) to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535; 0 picks a free one)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignflow", description="LLM post-training pipeline on Prefect.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -37,13 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a pipeline spec end to end")
     run.add_argument("spec", help="pipeline spec (YAML), e.g. deployments/demo.yaml")
     demo = sub.add_parser("demo", help="run the built-in demo pipeline (tiny model, synthetic task)")
-    for p in (run, demo):
+    plan = sub.add_parser("plan", help="check a spec as `run` does and list the stages that would run and those "
+                                       "that come from the cache (writes nothing)")
+    plan.add_argument("spec", help="pipeline spec (YAML), e.g. deployments/demo.yaml")
+    for p in (run, demo, plan):
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec field, e.g. --set stages.dpo.beta=0.2 (repeatable)")
         p.add_argument("--skip", action="append", default=[], metavar="STAGE",
                        help="leave a stage out of this run, e.g. --skip deploy (repeatable)")
         p.add_argument("--store", help="artifact store: a folder or s3://bucket/prefix (overrides the spec)")
-        p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the run summary as JSON")
+        p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the summary as JSON")
 
     add_artifacts_parser(sub)
     storage = sub.add_parser("storage", help="a local S3 server (SeaweedFS) for the store")
@@ -65,14 +86,15 @@ def add_service_parsers(sub) -> None:
     verbs = server.add_subparsers(dest="server_command", required=True)
     up = verbs.add_parser("up", help="start them (loopback, detached); print the dashboard URL")
     up.add_argument("--database", metavar="URL", help="the server's database (default: SQLite in PREFECT_HOME)")
-    up.add_argument("--slots", type=int, default=1, help="slots of the accelerator concurrency limit (default 1)")
-    up.add_argument("--port", type=int, help="the server's port (default: the last one, else 4200 if free; 0: any "
-                                             "free port)")
+    up.add_argument("--slots", type=positive_int, default=1,
+                    help="slots of the accelerator concurrency limit (default 1)")
+    up.add_argument("--port", type=port_number, help="the server's port (default: the last one, else 4200 if free; "
+                                                     "0: any free port)")
     verbs.add_parser("down", help="stop exactly what `up` started")
     verbs.add_parser("status", help="server, worker, pool and deployments")
     logs = verbs.add_parser("logs", help="the last lines of the server's or the worker's log")
     logs.add_argument("which", nargs="?", choices=["server", "worker"], default="worker")
-    logs.add_argument("-n", "--lines", type=int, default=40)
+    logs.add_argument("-n", "--lines", type=positive_int, default=40)
 
     deploy = sub.add_parser("deploy", help="apply prefect.yaml's deployments (manual, nightly, on-new-data, "
                                            "watch-data) for a pipeline spec")
@@ -128,12 +150,20 @@ def quiet_prefect() -> None:
     home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
 
 
-def cmd_run(args) -> int:
+def checked_spec(args):
+    """The spec `run`, `demo` and `plan` act on, after every check that needs no work: the spec's own and
+    whether what it names is there (flows/preflight.py). One ConfigError lists every problem."""
     from flows.spec import load_spec
 
-    spec = load_spec(args.spec if args.command == "run" else DEMO_SPEC, args.overrides, args.store, args.skip)
+    path = args.spec if args.command in ("run", "plan") else DEMO_SPEC
+    spec = load_spec(path, args.overrides, args.store, args.skip, before_work=True)
     if "://" not in spec.store:  # the flow may run elsewhere (a worker): pin the folder now
         spec.store = str(Path(spec.store).expanduser().resolve())
+    return spec
+
+
+def cmd_run(args) -> int:
+    spec = checked_spec(args)
     quiet_prefect()
     from flows.post_train import run_pipeline
     from flows.server import prefect_api
@@ -142,12 +172,36 @@ def cmd_run(args) -> int:
     with prefect_api():
         summary = run_pipeline(spec)
     print("\n" + render(summary))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    write_json(args.json_out, summary)
     if summary["status"].startswith("rejected"):
         return EXIT_REJECTED
     return EXIT_SUPERSEDED if summary["status"] == "superseded" else 0
+
+
+def cmd_plan(args) -> int:
+    """Every check `run` makes, then the stages: which come from the cache (with their keys), which run."""
+    spec = checked_spec(args)
+    quiet_prefect()
+    from flows.plan import plan, render_plan
+    from flows.server import prefect_api
+
+    with prefect_api() if spec.storage else contextlib.nullcontext():  # a credentials block is read via Prefect
+        rows = plan(spec)
+    print(render_plan(spec, rows))
+    write_json(args.json_out, {"name": spec.name, "store": spec.store, "stages": rows})
+    return 0
+
+
+def write_json(path: str | None, data: dict) -> None:
+    if not path:
+        return
+    from alignflow.errors import UsageError
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot write it ({exc.strerror or exc}); pass a path you can write") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +248,7 @@ def dispatch(args) -> int:
         from flows import serve_commands
 
         return serve_commands.run(args)
-    return cmd_run(args)
+    return cmd_plan(args) if args.command == "plan" else cmd_run(args)
 
 
 def prefect_unreachable(exc: RuntimeError) -> str | None:

@@ -15,7 +15,9 @@ from storage import ArtifactRef
 
 def stage_markdown(row: dict, inputs: list[ArtifactRef], config, result, log_file: str | None = None) -> str:
     """The stage's card: what it made from what, with which settings, how long it took, ran or cached."""
-    lines = [f"### {row['stage']}: {row['status']} in {row['seconds']} s", "", "| | |", "|---|---|"]
+    lines = [f"### {row['stage']}: {row['status']} in {row['seconds']} s", ""]
+    lines += [f"> **Warning:** {text}" for text in row.get("warnings", [])] + ([""] if row.get("warnings") else [])
+    lines += ["| | |", "|---|---|"]
     if isinstance(result, ArtifactRef):
         lines.append(f"| output | `{result.label}` (`{result.short_digest}`) |")
     for ref in inputs:

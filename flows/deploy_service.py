@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import timedelta
 
+from alignflow.errors import ConfigError
 from flows.server import HEARTBEAT_SECONDS, POOL, ServerError, project_root
 
 SPEC_VARIABLE = "alignflow_spec"
@@ -23,6 +24,7 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
     `pool`: the work pool of the post-train deployments; `project_dir`: where workers find this project."""
     from prefect.variables import Variable
 
+    block_id = notification_block(spec.service.notify) if spec.service.notify else None  # before any write
     ensure_process_pool(POOL)
     Variable.set(SPEC_VARIABLE, spec.to_dict(), overwrite=True)
     env = dict(os.environ, PREFECT_API_URL=api_url, ALIGNFLOW_PROJECT_DIR=project_dir or str(project_root()),
@@ -39,8 +41,8 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
              f"  watch-data/watch-data   every {spec.service.watch.interval_seconds:g}s, "
              f"{len(spec.service.watch.sources)} watched source(s)"]
     crash_zombie_runs()
-    if spec.service.notify:
-        notify_on_failure(spec.name, spec.service.notify)
+    if block_id:
+        notify_on_failure(spec.name, block_id)
         lines.append(f"  notifications          failed runs and rejected candidates -> {spec.service.notify}")
     return lines
 
@@ -110,22 +112,26 @@ def crash_zombie_runs() -> None:
                                             "again: every stage that finished comes from the cache.")]))
 
 
-def notify_on_failure(pipeline: str, block_slug: str) -> None:
+def notification_block(block_slug: str):
+    """The id of the saved notification block `service.notify` names, or a ConfigError saying how to save it."""
+    from prefect.blocks.core import Block
+
+    try:
+        return Block.load(block_slug)._block_document_id
+    except ValueError as exc:
+        raise ConfigError(f"service.notify: no saved Prefect block {block_slug!r} ({exc}); save one, e.g. "
+                          "SlackWebhook(url=...).save('alerts') for slack-webhook/alerts", "spec") from None
+
+
+def notify_on_failure(pipeline: str, block_id) -> None:
     """Tell the user's notification block when a post-train run fails or crashes, and when a candidate of
     `pipeline` is rejected by the gate or loses the race to production."""
     from prefect.automations import Automation
-    from prefect.blocks.core import Block
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
     from flows.dashboard import NOT_SHIPPED_EVENT
-
-    try:
-        block_id = Block.load(block_slug)._block_document_id
-    except ValueError as exc:
-        raise ServerError(f"service.notify: no saved Prefect block {block_slug!r} ({exc}). Save one, e.g. "
-                          "SlackWebhook(url=...).save('alerts') for slack-webhook/alerts") from None
     body = ("alignflow pipeline " + pipeline + ": run {{ flow_run.name }} {{ event.event }} "
             "{{ flow_run.state.message or event.payload.reasons or '' }} {{ flow_run|ui_url }}")
     # a flow run's state events name its flow but not always its tags: match the flow (deployment names

@@ -1,6 +1,6 @@
 """The post-training flow: base model and raw data in, an evaluated, gated, served model out.
 
-    download_model -> convert_dataset (sft, preference, eval) -> tokenize -> train_sft -> train_reward_model
+    convert_dataset (sft, preference, eval) -> download_model -> tokenize -> train_sft -> train_reward_model
       -> preference methods (train_dpo | train_kto | train_orpo | train_cpo; on-policy pairs: sample -> score)
       -> train_grpo -> merge -> quantize -> evaluate (candidate on its green vLLM server, and base)
       -> evaluate the unquantized model, quantize_quality (the primary score's loss, max_quality_drop)
@@ -52,10 +52,10 @@ def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
     from alignflow.errors import hide_tracebacks_of_input_errors
 
     hide_tracebacks_of_input_errors()  # a bad row or spec is reported by its message alone
-    spec = parse_spec(spec)  # what the dashboard's form sends gets the same checks as a YAML file
+    spec = parse_spec(spec, before_work=True)  # the dashboard's form gets the checks a YAML file gets
     run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit,
                      spec.service.accelerator_slots)
-    with Steps(spec, result_storage(spec.store, spec.storage)) as steps:
+    with Steps(spec, result_storage(spec.store, spec.storage), run) as steps:
         return publish_summary(pipeline(steps, run, spec, dataset))
 
 
@@ -63,8 +63,8 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     """The stages in order; returns the run's summary."""
     stages, summary = spec.stages, {"name": spec.name, "store": spec.store, "status": "completed",
                                     "steps": steps.rows}
+    data = convert_all(steps, run, spec, dataset)  # first: bad rows stop the run before a model download
     base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
-    data = convert_all(steps, run, spec, dataset)
     sft = model = base
     if stages.sft:
         tokens = steps.run(tokenize, run, tokenizer_ref(run.open_store(), model), data["sft"],
@@ -96,7 +96,7 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
                              "sets": {name: {"candidate": score, "base": base_report.metrics["sets"].get(name)}
                                       for name, score in report.metrics["sets"].items()}}
         judged = None
-        if reward and model.digest != sft.digest:  # the reward model's verdict: candidate vs SFT policy
+        if reward and stages.judge and model.digest != sft.digest:  # the reward model: candidate vs SFT policy
             judged = steps.run(judge, run, model, sft, reward, data["eval"], stages.judge)
             summary["scores"]["win_rate"] = judged.metrics["win_rate"]
         if stages.gate:

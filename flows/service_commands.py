@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignflow.errors import AlignflowError
 from flows import server
 from flows.summary import format_table
 
@@ -68,17 +67,18 @@ def cmd_data(args) -> int:
 
 
 def data_add(name: str, source: str, store_location: str | None) -> int:
-    import re
-
+    from alignflow.errors import UsageError
+    from alignflow.names import check
     from flows.data_versions import announce_once, register
-    from flows.spec import DATASET_PATTERN
+    from flows.preflight import store_problems
     from flows.store_commands import default_store
     from storage import open_store
 
-    if not re.match(DATASET_PATTERN, name):
-        raise AlignflowError(f"data add {name}: a dataset name is PIPELINE/NAME in lowercase, e.g. demo/sft-extra "
-                             "(the pipeline's on-new-data deployment reacts to names under its own)")
+    check("dataset", name, "data add NAME")  # the on-new-data deployment reacts to names under its pipeline
     location = store_location or default_store()
+    problems = store_problems(location, None)
+    if problems:
+        raise UsageError(f"data add: {problems[0]}")
     if "://" not in location:
         location = str(Path(location).expanduser().resolve())
     store = open_store(location)

@@ -8,7 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
-from alignflow.errors import AlignflowError
+from alignflow.errors import UsageError
+from alignflow.names import check
 from flows.summary import format_table
 from storage import ArtifactStore, open_store
 
@@ -19,9 +20,26 @@ def default_store() -> str:
 
 def parse_selector(text: str) -> tuple[str, int | str]:
     """'demo/sft@3' -> ('demo/sft', 3); 'demo/sft@production' -> (..., 'production'); 'demo/sft@sha256:...' ->
-    the version with that digest; 'demo/sft' -> latest."""
+    the version with that digest; 'demo/sft' -> latest. The name and an alias must follow their rules."""
     name, _, selector = text.partition("@")
-    return name, int(selector) if selector.isdigit() else (selector or "latest")
+    check("artifact", name, f"artifact {text!r}")
+    if selector.isdigit():
+        return name, int(selector)
+    if selector.startswith("sha256:") or selector in ("", "latest"):
+        return name, selector or "latest"
+    return name, check("alias", selector, f"artifact {text!r}")
+
+
+def existing_store(location: str, credentials_block: str | None = None) -> ArtifactStore:
+    """The store at `location` for commands that read it: a folder that is missing or a file is an error
+    (not an empty store), and so is an s3:// store that cannot be reached."""
+    if "://" not in location:
+        path = Path(location).expanduser()
+        if not path.is_dir():
+            what = "is a file, not a store folder" if path.exists() else "does not exist"
+            raise UsageError(f"store {location}: {what}; pass --store FOLDER_OR_S3_URI (or set ALIGNFLOW_STORE) "
+                             "naming the store a run wrote")
+    return open_store(location, credentials_block=credentials_block)
 
 
 def cmd_ls(store: ArtifactStore, name: str | None) -> None:
@@ -30,6 +48,7 @@ def cmd_ls(store: ArtifactStore, name: str | None) -> None:
                 for n in store.names()]
         print(format_table(rows, ["artifact", "versions", "latest"]) if rows else f"no artifacts in {store.uri}")
         return
+    check("artifact", name, "artifacts ls NAME")
     aliases = aliases_by_version(store, name)
     rows = []
     for v in store.versions(name):
@@ -37,7 +56,7 @@ def cmd_ls(store: ArtifactStore, name: str | None) -> None:
         rows.append({"version": v, "kind": ref.kind, "digest": ref.short_digest,
                      "aliases": ",".join(aliases.get(v, [])), "metrics": metric_text(ref.metrics)})
     if not rows:
-        raise AlignflowError(f"no artifact named {name!r} in {store.uri}; `alignflow artifacts ls` lists them")
+        raise UsageError(f"no artifact named {name!r} in {store.uri}; `alignflow artifacts ls` lists them")
     print(format_table(rows, ["version", "kind", "digest", "aliases", "metrics"]))
 
 
@@ -86,9 +105,14 @@ def print_lineage(store: ArtifactStore, name: str, version: int, digest: str, de
 def cmd_get(store: ArtifactStore, selector: str, dest: str) -> None:
     ref = store.ref(*parse_selector(selector))
     target = Path(dest)
-    if target.exists() and any(target.iterdir()):
-        raise AlignflowError(f"{target} exists and is not empty; choose an empty or new folder")
-    shutil.copytree(store.get_dir(ref), target, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"artifacts get: {target} exists and is not an empty folder; choose an empty or new folder")
+    files = store.get_dir(ref)
+    try:
+        shutil.copytree(files, target, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    except OSError as exc:
+        raise UsageError(f"artifacts get: cannot write {target} ({exc.strerror or exc}); choose a folder you can "
+                         "write") from exc
     print(f"{ref.label} ({ref.short_digest}) -> {target}")
 
 
@@ -103,7 +127,7 @@ def cmd_verify(store: ArtifactStore) -> int:
 
 
 def run_artifacts(args) -> int:
-    store = open_store(args.store or default_store(), credentials_block=args.storage)
+    store = existing_store(args.store or default_store(), args.storage)
     if args.artifacts_command == "ls":
         cmd_ls(store, args.name)
     elif args.artifacts_command == "show":
@@ -113,11 +137,12 @@ def run_artifacts(args) -> int:
     elif args.artifacts_command == "promote":
         name, version = parse_selector(args.selector)
         if not isinstance(version, int):
-            raise AlignflowError(f"promote {args.selector}: name a version number, e.g. {name}@3")
-        store.promote(store.ref(name, version), args.alias)
+            raise UsageError(f"promote {args.selector}: name a version number, e.g. {name}@3")
+        store.promote(store.ref(name, version), check("alias", args.alias, "artifacts promote ALIAS"))
         print(f"{args.alias} -> {name}@{version}")
     elif args.artifacts_command == "rollback":
-        print(f"{args.alias} -> {args.name}@{store.rollback(args.name, args.alias)}")
+        name = check("artifact", args.name, "artifacts rollback NAME")
+        print(f"{args.alias} -> {name}@{store.rollback(name, check('alias', args.alias, 'artifacts rollback ALIAS'))}")
     elif args.artifacts_command == "verify":
         return cmd_verify(store)
     return 0
@@ -126,7 +151,9 @@ def run_artifacts(args) -> int:
 def run_storage(args) -> int:
     from storage import seaweed
 
-    home = Path(os.environ.get("ALIGNFLOW_HOME", Path.home() / ".alignflow")) / "storage"
+    from alignflow.home import home_dir
+
+    home = home_dir("storage")
     if args.storage_command == "up":
         info = seaweed.up(home)
         print(f"SeaweedFS S3 at {info['endpoint']} (pid {info['pid']}, data in {home / 'data'})")

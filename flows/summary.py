@@ -3,14 +3,18 @@ card (or, when it fails, what failed and how to reproduce it) in the Prefect das
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from alignflow.errors import ConfigError, DataError, SourceError, UsageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.stage import DECLARATIONS
 
+INPUT_ERRORS = (ConfigError, DataError, SourceError, UsageError)  # bad input: nothing of the failure is kept
 ROW_NOTES = ("bad", "duplicates", "skipped", "truncated", "no_loss")  # data counts shown when not zero
 
 
@@ -22,6 +26,7 @@ class Steps:
 
     spec: Any  # the PipelineSpec: its retry policy, and the failure card's reproduction recipe
     result_storage: Any = None  # where stage results and cache records go (storage/results.py)
+    context: Any = None  # the RunContext: its store holds the results
     rows: list[dict] = field(default_factory=list)
     pinned: dict[str, str] = field(default_factory=dict)  # store:// sources as resolved: {split: NAME@VERSION}
     _background: Any = None
@@ -59,12 +64,25 @@ class Steps:
             state = task.with_options(**options)(*args, return_state=True)
             result = state.result()  # raises the stage's own error if it failed
         except Exception as exc:
+            if isinstance(exc, INPUT_ERRORS):
+                self.forget_failure(state)
             self.later(dashboard.show_failure, self.spec, label, exc, dict(self.pinned))
             raise
         row = self.row(task, label, state, result, time.monotonic() - started)
         self.rows.append(row)
         self.later(dashboard.show_stage, self.spec, row, args, result)
         return result
+
+    def forget_failure(self, state) -> None:
+        """Prefect pickles a failed stage's exception into the result storage; a failure on bad input leaves
+        nothing behind (the message says it all, and the rerun must not find it)."""
+        key = getattr(getattr(getattr(state, "data", None), "metadata", None), "storage_key", None)
+        if key and self.context is not None:
+            store = self.context.open_store()
+            store.backend.delete(f"prefect-results/{Path(str(key)).name}")
+            if "://" not in store.uri:  # the store's folder, if writing the failure created it
+                with contextlib.suppress(OSError):
+                    Path(store.uri).rmdir()
 
     @staticmethod
     def row(task, label: str, state, result, seconds: float) -> dict:
@@ -83,6 +101,8 @@ class Steps:
                        metric=f"{metric}={result.metrics[metric]}" if metric in result.metrics else "")
             notes = [f"{k}={result.metrics[k]}" for k in ROW_NOTES if result.metrics.get(k)]
             row["metric"] = " ".join([row["metric"], *notes]).strip()
+            if result.metrics.get("warnings"):
+                row["warnings"] = list(result.metrics["warnings"])
         return row
 
 
@@ -110,9 +130,14 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def render(summary: dict) -> str:
-    """The end-of-run report: every stage, the scores side by side, and how to try the endpoint."""
+    """The end-of-run report: every stage, what was degenerate, the scores side by side, and how to try
+    the endpoint."""
+    warned = [(row["stage"], text) for row in summary["steps"] for text in row.get("warnings", [])]
     out = [f"pipeline {summary['name']}: {summary['status']}  (store: {summary['store']})", "",
            format_table(summary["steps"], ["stage", "status", "seconds", "artifact", "digest", "metric"])]
+    if warned:
+        out += ["", f"warnings ({len(warned)}; degenerate outputs: the run went on, but check these):"]
+        out += [f"  {stage}: {text}" for stage, text in warned]
     scores = summary.get("scores")
     if scores:
         primary = scores.get("primary", "qa")

@@ -38,7 +38,8 @@ class Backend(Protocol):
 
     def get_file(self, key: str, dest: Path) -> None: ...
 
-    def delete(self, key: str) -> None: ...  # no error if absent; only scratch (checkpoints) is ever deleted
+    def delete(self, key: str) -> None: ...  # no error if absent; only scratch is ever deleted (checkpoints,
+    # the failure record Prefect writes for a stage that failed on bad input)
 
 
 def etag_of(data: bytes) -> str:

@@ -20,7 +20,8 @@ def block_name(store_uri: str) -> str:
     return "alignflow-" + hashlib.sha256(store_uri.rstrip("/").encode()).hexdigest()[:12]
 
 
-def save_s3_block(store_uri: str, credentials_block: str | None = None) -> str:
+def s3_block(store_uri: str, credentials_block: str | None = None):
+    """The prefect-aws S3Bucket (not saved) over `<store>/prefect-results`."""
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
@@ -33,9 +34,22 @@ def save_s3_block(store_uri: str, credentials_block: str | None = None) -> str:
     else:
         credentials = AwsCredentials(aws_client_parameters=AwsClientParameters(
             config={"s3": {"addressing_style": "path"}, "retries": {"mode": "standard", "max_attempts": 6}}))
+    return S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials)
+
+
+def save_s3_block(store_uri: str, credentials_block: str | None = None) -> str:
     name = block_name(store_uri + (f"#{credentials_block}" if credentials_block else ""))
-    S3Bucket(bucket_name=parsed.netloc, bucket_folder=folder, credentials=credentials).save(name, overwrite=True)
+    s3_block(store_uri, credentials_block).save(name, overwrite=True)
     return name
+
+
+def result_block(store_uri: str, credentials_block: str | None = None):
+    """The storage block that holds a run's results, for reading them without a run (`alignflow plan`)."""
+    if store_uri.startswith("s3://"):
+        return s3_block(store_uri, credentials_block)
+    from prefect.filesystems import LocalFileSystem
+
+    return LocalFileSystem(basepath=str(Path(store_uri) / FOLDER))
 
 
 def result_storage(store_uri: str, credentials_block: str | None = None):

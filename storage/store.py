@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from alignflow.errors import ConflictError, StorageError
+from alignflow.errors import ArtifactNotFound, ConflictError, StorageError
 from storage.backends import Backend, ObjectNotFound, backend_for
 from storage.refs import ArtifactRef
 
@@ -160,16 +160,19 @@ class ArtifactStore:
         """`ref("demo/sft", 3)`, `ref("demo/sft", "production")`, `ref("demo/sft", "sha256:...")` (the newest
         version with that content) or `ref("demo/sft")` (the newest version)."""
         if selector == "latest":  # derived from the version list, never stored
-            selector = self.latest_version(name) or 0
+            selector = self.latest_version(name)
+            if selector is None:
+                raise ArtifactNotFound(f"no artifact named {name} in store {self.uri}; `alignflow artifacts ls` lists "
+                                   "what it holds")
         if isinstance(selector, str) and selector.startswith("sha256:"):
             return self._ref_by_digest(name, selector)
         version = selector if isinstance(selector, int) else self.alias_target(name, selector)
         if version is None:
-            raise StorageError(f"{name} has no alias {selector!r} in store {self.uri}")
+            raise ArtifactNotFound(f"{name} has no alias {selector!r} in store {self.uri}")
         try:
             record = self._version_record(name, version)
         except ObjectNotFound:
-            raise StorageError(f"{name}@{version} does not exist in store {self.uri}") from None
+            raise ArtifactNotFound(f"{name}@{version} does not exist in store {self.uri}") from None
         metrics = self.manifest(record["digest"]).get("metrics", {})
         return ArtifactRef(name, record["kind"], version, record["digest"], metrics)
 
@@ -178,7 +181,7 @@ class ArtifactStore:
             ref = self.ref(name, version)
             if ref.digest == digest:
                 return ref
-        raise StorageError(f"{name} has no version with digest {digest} in store {self.uri}")
+        raise ArtifactNotFound(f"{name} has no version with digest {digest} in store {self.uri}")
 
     def exists(self, ref: ArtifactRef) -> bool:
         """True when the version pointer, its manifest and every blob it lists are present."""
@@ -277,7 +280,7 @@ class ArtifactStore:
         if expected is not None and (record or {}).get("version") != expected:
             raise ConflictError(f"{name}: alias {alias!r} no longer points at {name}@{expected}; not rolled back")
         if not record or not record.get("history"):
-            raise StorageError(f"{name}: alias {alias!r} has no previous target to roll back to")
+            raise ArtifactNotFound(f"{name}: alias {alias!r} has no previous target to roll back to")
         previous = record["history"][-1]
         self.write_alias(name, alias, {"version": previous, "history": record["history"][:-1]}, etag)
         return previous
@@ -305,7 +308,7 @@ class ArtifactStore:
 
     def _move_alias(self, name: str, alias: str, version: int, expected: int | None | object = ...) -> bool:
         if version not in self.versions(name):
-            raise StorageError(f"{name}@{version} does not exist in store {self.uri}")
+            raise ArtifactNotFound(f"{name}@{version} does not exist in store {self.uri}")
         current, etag = self.read_alias(name, alias)
         if expected is not ... and (current["version"] if current else None) != expected:
             now = f"{name}@{current['version']}" if current else "nothing"

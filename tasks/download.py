@@ -10,6 +10,7 @@ Sources:
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,13 +123,25 @@ def huggingface_hub(what: str = "model") -> Hub:
                "hf download " + ("--repo-type dataset " if what == "dataset" else "") + "{repo}", what)
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def valid_repo_id(repo: str) -> bool:
+    """OWNER/NAME as both hubs name repos: 'Qwen/Qwen2.5-0.5B-Instruct' yes; 'a/b/c', '../x', 'x' no."""
+    return REPO_ID.fullmatch(repo) is not None and ".." not in repo
+
+
 def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
     """The hub's own cache first (works offline); the network only when the hub answers within seconds."""
+    source = f"{hub.what} {hub.scheme}://{'datasets/' if hub.what == 'dataset' else ''}{repo}"
+    if not valid_repo_id(repo):
+        raise SourceError(f"{source}: {repo!r} is not a repo id; write OWNER/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct")
     try:
         return Path(hub.snapshot(repo, revision=revision, local_files_only=True))
     except hub.not_cached as exc:
         cached_error = exc
-    source = f"{hub.what} {hub.scheme}://{'datasets/' if hub.what == 'dataset' else ''}{repo}"
+    except ValueError as exc:  # the hub's own id and revision checks (HFValidationError is a ValueError)
+        raise SourceError(f"{source}: {exc}") from exc
     if hub.offline or not _reachable(hub.endpoint):
         raise SourceError(
             f"{source}: not in the {hub.title} cache ({hub.cache}) and {hub.endpoint} cannot be reached. Fix: run "

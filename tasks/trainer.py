@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
 from alignflow.processes import free_port
+from alignflow.secrets import child_env
 from storage.store import default_cache_dir
 from tasks import report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
@@ -41,6 +42,10 @@ SEED = 42
 
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")  # whose versions shape a trainer's result
+# the credentials each tracker in `report_to` reads from the environment: all the trainer child gets
+TRACKER_CREDENTIALS = {"wandb": ("WANDB_API_KEY",), "mlflow": ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"),
+                       "comet_ml": ("COMET_API_KEY",), "clearml": ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY"),
+                       "swanlab": ("SWANLAB_API_KEY",), "trackio": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
 
 
 def learning_rate(default: float):
@@ -93,6 +98,8 @@ class Resources(StageConfig):
 class TrainingStage(StageConfig):
     """What every trainer stage shares. Anything else TRL's config takes goes through `trainer_args`."""
 
+    trl_config: ClassVar[Optional[str]] = None  # TRL's config class (dotted): its fields are what trainer_args take
+
     epochs: float = Field(1.0, gt=0, le=1000, description="passes over the data (fractions allowed)")
     learning_rate: float = learning_rate(2.0e-4)
     batch_size: int = Field(8, ge=1, le=65536, description="rows per step on each device")
@@ -142,10 +149,7 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     gpus = torch.cuda.device_count()
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            *launch_flags(job["config"].get("resources") or {}, gpus), "-m", "tasks.trainer", str(workdir / "job.json")]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(default_cache_dir() / "torch_extensions"))  # DeepSpeed's built ops
-    if not gpus:
-        env.setdefault("DS_ACCELERATOR", "cpu")
+    env = trainer_env(job["config"], gpus)
     tail: collections.deque[str] = collections.deque(maxlen=40)
     started, progress = time.monotonic(), report.ProgressArtifact(f"{dashboard_key}-progress", f"{stage} steps") \
         if dashboard_key else None
@@ -175,6 +179,18 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
             show_curves(workdir, stage, dashboard_key, progress)
         return json.loads((workdir / "result.json").read_text())
     raise child_failure(stage, workdir, code, list(tail))
+
+
+def trainer_env(config: dict, gpus: int) -> dict:
+    """The trainer child's environment, for the stage `config` (as a dict) on a host with `gpus` GPUs. No
+    store or hub credentials: the parent restores and stores the checkpoints, and the job names local
+    folders; only the credentials of the trackers in `report_to`."""
+    keep = [name for tracker in config.get("report_to") or [] for name in TRACKER_CREDENTIALS.get(tracker, ())]
+    env = child_env(keep, TOKENIZERS_PARALLELISM="false")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(default_cache_dir() / "torch_extensions"))  # DeepSpeed's built ops
+    if not gpus:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
 
 
 def launch_flags(resources: dict, gpus: int) -> list[str]:
@@ -265,6 +281,7 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
                      run.log_file(stage), report.artifact_key(run.name, stage), checkpoints)
     if log:
         log(logger, metrics)
+    metrics = with_warnings(metrics, stage, workdir, logger)
     tuner = getattr(config, "tuner", None)
     adapter = kind is None and tuner not in (None, "full")
     ref = publish(run, suffix, kind or ("adapter" if adapter else "model"), workdir / "output", stage=stage,
@@ -273,6 +290,19 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
                                                  **({"base": base_record(model)} if adapter else {})))
     checkpoints.drop()
     return ref
+
+
+def with_warnings(metrics: dict, stage: str, workdir: Path, logger) -> dict:
+    """`metrics` plus what makes the training degenerate (tasks/degeneracy.py), each also logged."""
+    from tasks.degeneracy import training_warnings
+
+    history = workdir / "history.json"
+    key = {"train_reward_model": "reward"}.get(stage, stage.removeprefix("train_"))  # the spec's stage name
+    warnings = training_warnings(key, json.loads(history.read_text()) if history.exists() else [],
+                                 int(metrics.get("steps", 0)))
+    for warning in warnings:
+        logger.warning("%s: %s", stage, warning)
+    return dict(metrics, warnings=warnings) if warnings else metrics
 
 
 # ---- child side -------------------------------------------------------------------------------------

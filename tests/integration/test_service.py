@@ -352,8 +352,10 @@ def summary_status(client, run_id) -> str:
 
 def test_a_failed_run_notifies_the_webhook_with_its_url(service):
     Receiver.received.clear()
-    failed = run_cli("run", str(service["spec"]), "--set", "data.eval=/nonexistent/eval.jsonl")
-    assert failed.code == 2, failed.output[-2000:]
+    bad = service["home"] / "bad-eval.jsonl"  # there, so the run starts; a bad row fails it inside the flow
+    bad.write_text('{"question": "reverse: a b", "answer": ""}\n')
+    failed = run_cli("run", str(service["spec"]), "--set", f"data.eval={bad}")
+    assert failed.code == 2 and "bad-eval.jsonl:1" in failed.stderr, failed.output[-2000:]
     message = wait_for(lambda: next((m for m in Receiver.received if "Failed" in m.get("text", "")), None), 120,
                        "the notification")
     with api(service) as client:

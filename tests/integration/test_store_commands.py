@@ -52,7 +52,7 @@ def test_artifacts_get_promote_rollback_on_a_local_store(tmp_path):
     listed = run_cli(*args, "ls", "p/model").stdout
     assert "production" in listed.splitlines()[2] and listed.splitlines()[2].startswith("1")
     missing = run_cli(*args, "show", "p/nothing@production")
-    assert missing.code == 1 and "no alias 'production'" in missing.stderr and "Traceback" not in missing.output
+    assert missing.code == 2 and "no alias 'production'" in missing.stderr and "Traceback" not in missing.output
 
 
 @pytest.mark.slow

@@ -177,3 +177,14 @@ def test_manifest_lists_sorted_relative_paths_and_lineage(store, tmp_path):
     raw = json.loads(store.backend.get(f"manifests/sha256/{ref.digest[7:]}.json")[0])
     assert list(raw["files"]) == ["a/c.txt", "b.txt"]
     assert raw["lineage"]["stage"] == "train_sft"
+
+
+def test_what_the_store_lacks_is_named_and_is_a_user_error(store, tmp_path):
+    from alignflow.errors import ArtifactNotFound
+
+    for selector, expected in [("latest", "no artifact named demo/none in store"),
+                               (3, "demo/none@3 does not exist in store"),
+                               ("production", "demo/none has no alias 'production'")]:
+        with pytest.raises(ArtifactNotFound, match=expected) as err:
+            store.ref("demo/none", selector)
+        assert err.value.exit_code == 2 and "@0" not in str(err.value)

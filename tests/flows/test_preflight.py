@@ -1,0 +1,103 @@
+"""Checked before any work: what a spec names is there (model, data, store, serve env), every problem in one
+message, exit 2, nothing written; `alignflow plan` makes the same checks and writes nothing either."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from alignflow.processes import free_port
+from flows.preflight import source_problems, store_problems
+from tasks.trl_args import config_fields, unknown_args
+from tests.conftest import run_cli, write_spec
+
+FOUR = """name: four
+model: {tmp}/no-such-model
+data: {{sft: {tmp}/no-such-data.jsonl}}
+stages: {{sft: {{trainer_args: {{max_step: 10}}}}}}
+store: {store}
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_four_problems_are_listed_together_and_nothing_is_written(command, tmp_path):
+    """A missing data file, a missing model folder, a bad trainer_args key and an unreachable S3 store."""
+    closed = f"http://admin:hunter2@127.0.0.1:{free_port()}"  # nothing listens there
+    spec = write_spec(tmp_path / "four.yaml", FOUR.format(tmp=tmp_path, store="s3://runs/four"))
+    result = run_cli(command, str(spec), env={"AWS_ENDPOINT_URL": closed, "AWS_ACCESS_KEY_ID": "k",
+                                              "AWS_SECRET_ACCESS_KEY": "s"})
+    assert result.code == 2, result.output
+    assert "has 4 problems" in result.stderr and "Traceback" not in result.output
+    for expected in ("no-such-model: no such folder", "no-such-data.jsonl: no such file or folder",
+                     "trainer_args.max_step: TRL's SFTConfig has no argument 'max_step'; did you mean 'max_steps'?",
+                     "store s3://runs/four: cannot reach http://***@127.0.0.1"):
+        assert expected in result.stderr, result.stderr
+    assert "hunter2" not in result.output
+    print(f"{command}: {result.seconds:.2f}s")
+
+    local = write_spec(tmp_path / "local.yaml", FOUR.format(tmp=tmp_path, store=tmp_path / "store"))
+    assert run_cli(command, str(local)).code == 2
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_run_stopped_by_bad_rows_leaves_no_store_behind(tmp_path):
+    (tmp_path / "chat.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    spec = write_spec(tmp_path / "spec.yaml", f"name: bad\nmodel: builtin://tiny-qwen2\n"
+                                              f"data: {{sft: {tmp_path}/chat.jsonl}}\nstages: {{sft: {{}}}}\n"
+                                              f"store: {tmp_path}/store\n")
+    result = run_cli("run", str(spec))
+    assert result.code == 2 and "chat.jsonl:1" in result.stderr, result.output[-3000:]
+    assert not (tmp_path / "store").exists()  # no base model, no pickled exception under prefect-results/
+
+
+def test_plan_of_a_new_pipeline_runs_everything_and_creates_nothing(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", "name: fresh\nmodel: builtin://tiny-qwen2\n"
+                                              "data: {sft: builtin://reverse/sft, preference: builtin://reverse/preference}\n"
+                                              "stages: {sft: {}, dpo: {}}\n"
+                                              f"store: {tmp_path}/store\n")
+    result = run_cli("plan", str(spec), "--json", str(tmp_path / "plan.json"))
+    assert result.code == 0, result.output
+    rows = json.loads((tmp_path / "plan.json").read_text())["stages"]
+    assert [r["stage"] for r in rows] == ["convert_dataset[sft]", "convert_dataset[preference]", "download_model",
+                                          "tokenize", "train_sft", "train_dpo", "merge"]
+    assert {r["plan"] for r in rows} == {"would run"}
+    assert rows[4]["cache key"] == "(after download_model)" and rows[0]["cache key"].startswith("convert_dataset-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "spec.yaml"]
+
+
+def test_a_store_that_is_a_file_or_below_one_is_refused(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("")
+    assert store_problems(str(file), None) == [f"store {file}: is a file, not a folder; pass a folder (it is "
+                                                "created) or s3://bucket/prefix"]
+    assert "is a file, so the store's folder cannot be created there" in store_problems(str(file / "x" / "y"), None)[0]
+    assert store_problems(str(tmp_path / "new" / "store"), None) == []
+    assert store_problems("s3://", None)[0].startswith("store 's3://': expected s3://bucket[/prefix]")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_registered_source_that_is_not_registered_says_how_to_register_it(tmp_path):
+    (problem,) = source_problems("store://demo/extra@latest", str(tmp_path / "store"))
+    assert "demo/extra has no versions" in problem and "alignflow data add demo/extra" in problem
+    assert source_problems("store://Demo/x\n", str(tmp_path))[0].startswith("store://Demo/x\n: 'Demo/x\\n' is not")
+
+
+def test_an_unreachable_s3_data_source_is_named(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    (problem,) = source_problems("s3://bucket/incoming/", None)
+    assert problem.startswith("list dataset s3://bucket/incoming/: cannot reach http://127.0.0.1:")
+
+
+def test_trainer_args_are_read_from_trl_s_own_dataclasses():
+    import trl
+
+    for name, module in [("SFTConfig", "sft_config"), ("DPOConfig", "dpo_config"), ("GRPOConfig", "grpo_config"),
+                         ("RewardConfig", "reward_config"), ("KTOConfig", "kto_config")]:
+        real = {f.name for f in dataclasses.fields(getattr(trl, name)) if f.init}
+        assert config_fields(f"trl.trainer.{module}.{name}") == real, name
+    assert unknown_args("trl.trainer.sft_config.SFTConfig", {"max_steps": 1, "packing": True}, "x") == []
+    assert unknown_args("no.such.Module", {"anything": 1}, "x") == []  # cannot tell: the trainer decides
