@@ -23,7 +23,7 @@ from alignflow.secrets import redact_url
 from storage.backends import ObjectNotFound
 
 MB = 1024 * 1024
-ATTEMPTS = 6  # tries per request, the first and five retries with backoff (about 15 s), before a TransientError
+ATTEMPTS = 7  # tries per request in all, the first and six retries with backoff, before a TransientError
 CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
@@ -53,7 +53,7 @@ def make_client(max_pool: int = 32, sign_payload: bool | None = None, credential
     s3 = {"addressing_style": "path"}
     if sign_payload is not None:
         s3["payload_signing_enabled"] = sign_payload
-    config = Config(s3=s3, retries={"mode": "standard", "max_attempts": attempts or ATTEMPTS},
+    config = Config(s3=s3, retries={"mode": "standard", "total_max_attempts": attempts or ATTEMPTS},
                     max_pool_connections=max_pool, connect_timeout=connect_timeout, read_timeout=60,
                     request_checksum_calculation="when_required", response_checksum_validation="when_required")
     region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
