@@ -93,11 +93,18 @@ def test_an_unreachable_s3_data_source_is_named(monkeypatch):
 
 
 def test_trainer_args_are_read_from_trl_s_own_dataclasses():
-    import trl
+    """Every trainer stage's TRL config, read from source, takes exactly the arguments the imported class
+    takes (its dataclass fields with init, inherited ones included)."""
+    import importlib
 
-    for name, module in [("SFTConfig", "sft_config"), ("DPOConfig", "dpo_config"), ("GRPOConfig", "grpo_config"),
-                         ("RewardConfig", "reward_config"), ("KTOConfig", "kto_config")]:
-        real = {f.name for f in dataclasses.fields(getattr(trl, name)) if f.init}
-        assert config_fields(f"trl.trainer.{module}.{name}") == real, name
+    from flows.spec import Stages
+
+    configs = [field.annotation for field in Stages.model_fields.values()]
+    dotted = {c.trl_config for a in configs for c in getattr(a, "__args__", (a,)) if getattr(c, "trl_config", None)}
+    assert len(dotted) == 7  # sft, reward, dpo, kto, orpo, cpo, grpo
+    for path in dotted:
+        module, _, name = path.rpartition(".")
+        real = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name)) if f.init}
+        assert config_fields(path) == real, path
     assert unknown_args("trl.trainer.sft_config.SFTConfig", {"max_steps": 1, "packing": True}, "x") == []
     assert unknown_args("no.such.Module", {"anything": 1}, "x") == []  # cannot tell: the trainer decides

@@ -361,9 +361,13 @@ def test_a_failed_run_notifies_the_webhook_with_its_url(service):
     with api(service) as client:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
 
-        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+        failed_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
             name=FlowRunFilterStateName(any_=["Failed"]))))
-    assert f"/runs/flow-run/{run.id}" in message["text"] and "svc" in message["subject"]
+    shown = [(r.name, r.flow_id, (r.state.message or "")[:300]) for r in failed_runs]
+    print("failed runs:", shown)
+    named = [r for r in failed_runs if f"/runs/flow-run/{r.id}" in message["text"]]
+    assert len(named) == 1 and "svc" in message["subject"], (message, shown)
+    assert "bad-eval.jsonl:1" in named[0].state.message, shown
 
 
 def test_a_worker_killed_mid_run_is_reported_crashed_and_the_rerun_redoes_only_the_cut_stage(service):
