@@ -7,9 +7,9 @@ and nothing is written: a store that does not exist yet is only checked to be cr
 
     spec has 4 problems:
       - model ./models/qwen: no such folder
-      - data.sft: ./data/train.jsonl: no such file or folder
+      - data.sft: dataset ./data/train.jsonl: no such file or folder
       - stages.sft.trainer_args.max_step: TRL's SFTConfig has no argument 'max_step'; did you mean 'max_steps'?
-      - store s3://runs/demo: cannot reach http://127.0.0.1:9: connection refused
+      - store s3://runs/demo: cannot reach http://127.0.0.1:9: EndpointConnectionError
 """
 
 from __future__ import annotations
@@ -39,77 +39,49 @@ def preflight(spec) -> list[str]:
 # ---- the base model -----------------------------------------------------------------------------------
 
 def model_problems(source: str) -> list[str]:
-    from tasks.download import BUILTIN_MODELS
+    """The checks `download_model` makes before it fetches (tasks/download.py), and for a hub repo, that it
+    is in the hub's cache or the hub answers."""
+    from alignflow.errors import SourceError
+    from tasks.download import checked_model_source
 
-    scheme, _, rest = source.partition("://") if "://" in source else ("file", "", source)
-    if scheme == "builtin":
-        return [] if rest in BUILTIN_MODELS else [
-            f"model {source}: no such built-in model; available: {', '.join(BUILTIN_MODELS)}"]
-    if scheme in ("hf", "modelscope"):
-        repo, _, revision = rest.partition("@")
-        return hub_problems(scheme, "model", repo, source, revision or None)
-    if scheme != "file":
-        return [f"model {source}: unknown scheme {scheme!r}; use builtin://, modelscope://, hf:// or a local folder"]
-    path = Path(rest).expanduser()
-    if not path.exists():
-        return [f"model {source}: no such folder"]
-    if not (path / "config.json").is_file():
-        return [f"model {source}: not a model folder (no config.json); pass a folder written by save_pretrained"]
-    return []
-
-
-def hub_problems(scheme: str, what: str, repo: str, source: str, revision: str | None = None) -> list[str]:
-    """A hub repo id must be OWNER/NAME; it must be in the hub's cache or the hub must be reachable."""
-    from tasks.download import Hub, _reachable, huggingface_hub, modelscope_hub, valid_repo_id
-
-    if not valid_repo_id(repo):
-        return [f"{what} {source}: {repo!r} is not a repo id; write OWNER/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct"]
-    hub: Hub = huggingface_hub(what) if scheme == "hf" else modelscope_hub(what)
     try:
-        hub.snapshot(repo, revision=revision, local_files_only=True)
-        return []
-    except hub.not_cached:
-        pass
-    except (ValueError, OSError) as exc:  # huggingface_hub's id checks raise ValueError subclasses
-        return [f"{what} {source}: {exc}"]
-    if hub.offline or not _reachable(hub.endpoint):
-        return [f"{what} {source}: not in the {hub.title} cache ({hub.cache}) and {hub.endpoint} cannot be reached; "
-                f"run `{hub.fetch_command.format(repo=repo)}` where there is network and copy that cache here"]
+        scheme, rest = checked_model_source(source)
+        if scheme in ("hf", "modelscope"):
+            repo, _, revision = rest.partition("@")
+            hub_problem(scheme, "model", repo, revision or None)
+    except SourceError as exc:
+        return [str(exc)]
     return []
+
+
+def hub_problem(scheme: str, what: str, repo: str, revision: str | None = None) -> None:
+    """A SourceError unless the repo is in the hub's cache or the hub answers (nothing is downloaded)."""
+    from tasks.download import cached_snapshot, hub_for
+
+    cached_snapshot(hub_for(scheme, what), repo, revision)
 
 
 # ---- data -----------------------------------------------------------------------------------------
 
 def source_problems(source: str, store: str | None) -> list[str]:
-    """Whether one data source can be read: builtin names, local paths, S3 prefixes, hub caches, and
-    registered versions (in `store`, when it can be opened)."""
+    """Whether one data source can be read: the checks reading it starts with (tasks/sources.py), then
+    the data files of a local path, an S3 listing, a hub's cache, or a registered version (in `store`,
+    when it can be opened)."""
     from alignflow.errors import DataError, SourceError
     from tasks.readers import data_files
-    from tasks.sources import HUB_SCHEMES, parse_hub
+    from tasks.sources import HUB_SCHEMES, checked_source, parse_hub
 
-    if source.startswith("store://"):
-        return registered_problems(source, store)
-    if source.startswith("s3://"):
-        return s3_source_problems(source)
-    for scheme, prefix in HUB_SCHEMES.items():
-        if source.startswith(f"{scheme}://"):
-            if not source.startswith(prefix):
-                return [f"{source}: name a dataset repo as {prefix}OWNER/NAME[:CONFIG][@SPLIT]"]
-            return hub_problems(scheme, "dataset", parse_hub(source.removeprefix(prefix))[0], source)
-    if source.startswith("builtin://"):
-        valid = [f"builtin://reverse/{part}" for part in ("sft", "preference", "eval")]
-        return [] if source in valid else [f"{source}: no such built-in dataset; use {', '.join(valid)}"]
-    if "://" in source:
-        return [f"{source}: unsupported scheme; use a local file or folder, s3://, hf://datasets/, "
-                "modelscope://datasets/ or store://"]
-    path = Path(source).expanduser()
-    if not path.exists():
-        return [f"{source}: no such file or folder"]
     try:
-        data_files(path, source)
+        kind = checked_source(source)
+        if kind == "file":
+            data_files(Path(source).expanduser(), source)
+        elif kind in HUB_SCHEMES:
+            hub_problem(kind, "dataset", parse_hub(source.removeprefix(HUB_SCHEMES[kind]))[0])
     except (DataError, SourceError) as exc:
         return [str(exc)]
-    return []
+    if kind == "store":
+        return registered_problems(source, store)
+    return s3_source_problems(source) if kind == "s3" else []
 
 
 def registered_problems(source: str, store: str | None) -> list[str]:

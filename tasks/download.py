@@ -46,31 +46,35 @@ def download_model(run: RunContext, source: str, fingerprint: str = "") -> Artif
 
 
 def fetch_model(source: str, workdir: Path) -> Path:
-    scheme, rest = (source.split("://", 1) + [""])[:2] if "://" in source else ("file", source)
+    scheme, rest = checked_model_source(source)
     if scheme == "builtin":
-        return _builtin(rest, workdir)
+        from tasks.builtin import tiny_model
+
+        return tiny_model.build(workdir / rest)
     if scheme == "file":
-        return _local(Path(rest))
+        return Path(rest)
     repo, _, revision = rest.partition("@")
-    if scheme in ("modelscope", "hf"):
-        return from_hub(modelscope_hub() if scheme == "modelscope" else huggingface_hub(), repo, revision or None)
-    raise SourceError(f"model {source!r}: unknown scheme {scheme!r}; use builtin://, modelscope://, hf:// "
-                      "or a local folder")
+    return from_hub(hub_for(scheme), repo, revision or None)
 
 
-def _builtin(name: str, workdir: Path) -> Path:
-    if name not in BUILTIN_MODELS:
-        raise SourceError(f"model builtin://{name}: no such built-in model; available: {', '.join(BUILTIN_MODELS)}")
-    from tasks.builtin import tiny_model
-
-    return tiny_model.build(workdir / name)
-
-
-def _local(path: Path) -> Path:
-    if not (path / "config.json").is_file():
-        raise SourceError(f"model {path}: not a model folder (no config.json); pass a folder written by "
+def checked_model_source(source: str) -> tuple[str, str]:
+    """(scheme, the rest) of a model source, once what can be told without a hub holds: a built-in model's
+    name, a local folder with config.json, a hub repo id. Raises SourceError naming the fix."""
+    scheme, rest = (source.split("://", 1) + [""])[:2] if "://" in source else ("file", source)
+    if scheme == "builtin" and rest not in BUILTIN_MODELS:
+        raise SourceError(f"model builtin://{rest}: no such built-in model; available: {', '.join(BUILTIN_MODELS)}")
+    if scheme == "file" and not Path(rest).exists():
+        raise SourceError(f"model {rest}: no such folder")
+    if scheme == "file" and not (Path(rest) / "config.json").is_file():
+        raise SourceError(f"model {rest}: not a model folder (no config.json); pass a folder written by "
                           "save_pretrained, or a builtin://, modelscope:// or hf:// source")
-    return path
+    if scheme in ("modelscope", "hf") and not valid_repo_id(rest.partition("@")[0]):
+        raise SourceError(f"model {source}: {rest.partition('@')[0]!r} is not a repo id; write OWNER/NAME, e.g. "
+                          "Qwen/Qwen2.5-0.5B-Instruct")
+    if scheme not in ("builtin", "file", "modelscope", "hf"):
+        raise SourceError(f"model {source!r}: unknown scheme {scheme!r}; use builtin://, modelscope://, hf:// "
+                          "or a local folder")
+    return scheme, rest
 
 
 def _reachable(url: str) -> bool:
@@ -131,9 +135,20 @@ def valid_repo_id(repo: str) -> bool:
     return REPO_ID.fullmatch(repo) is not None and ".." not in repo
 
 
-def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
-    """The hub's own cache first (works offline); the network only when the hub answers within seconds."""
-    source = f"{hub.what} {hub.scheme}://{'datasets/' if hub.what == 'dataset' else ''}{repo}"
+def hub_for(scheme: str, what: str = "model") -> Hub:
+    """The hub a source's scheme names: 'hf' or 'modelscope'."""
+    return huggingface_hub(what) if scheme == "hf" else modelscope_hub(what)
+
+
+def hub_label(hub: Hub, repo: str) -> str:
+    """'model hf://owner/name', 'dataset modelscope://datasets/owner/name': how errors name a hub repo."""
+    return f"{hub.what} {hub.scheme}://{'datasets/' if hub.what == 'dataset' else ''}{repo}"
+
+
+def cached_snapshot(hub: Hub, repo: str, revision: str | None) -> Path | None:
+    """The repo from the hub's own cache (works offline), or None when it is not cached but the hub answers
+    within seconds; a SourceError naming the cache and the fix when neither. Downloads nothing."""
+    source = hub_label(hub, repo)
     if not valid_repo_id(repo):
         raise SourceError(f"{source}: {repo!r} is not a repo id; write OWNER/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct")
     try:
@@ -147,6 +162,15 @@ def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
             f"{source}: not in the {hub.title} cache ({hub.cache}) and {hub.endpoint} cannot be reached. Fix: run "
             f"`{hub.fetch_command.format(repo=repo)}` on a machine with network access and copy that cache here, "
             "or pass a local folder.") from cached_error
+    return None
+
+
+def from_hub(hub: Hub, repo: str, revision: str | None) -> Path:
+    """The hub's own cache first (works offline); the network only when the hub answers within seconds."""
+    cached = cached_snapshot(hub, repo, revision)
+    if cached is not None:
+        return cached
+    source = hub_label(hub, repo)
     try:
         return Path(hub.snapshot(repo, revision=revision))
     except hub.not_found as exc:

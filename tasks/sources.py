@@ -33,31 +33,51 @@ def local_files(source: str, scratch: Path, registered: Path | None = None) -> l
     """[(local file, the name errors show)] for one source, in reading order."""
     if registered is not None:
         return [(p, f"{source}/{p.relative_to(registered).as_posix()}") for p in data_files(registered, source)]
-    if source.startswith("builtin://"):
+    kind = checked_source(source)
+    if kind == "builtin":
         return [(_builtin(source, scratch), source)]
-    if source.startswith("s3://"):
+    if kind == "s3":
         return _s3(source, scratch)
+    if kind in HUB_SCHEMES:
+        return _hub(kind, source.removeprefix(HUB_SCHEMES[kind]), source)
+    if kind == "store":  # resolved to a registered version by the flow, which passes its files
+        raise SourceError(f"dataset {source!r}: unsupported scheme; use a local file or folder, s3://, "
+                          "hf://datasets/, modelscope://datasets/ or store:// (see `alignflow data add`)")
+    return [(p, str(p)) for p in data_files(Path(source).expanduser(), source)]
+
+
+BUILTIN_SOURCES = tuple(f"builtin://reverse/{part}" for part in ("sft", "preference", "eval"))
+
+
+def checked_source(source: str) -> str:
+    """What kind of source `source` is ('builtin', 's3', 'hf', 'modelscope', 'store' or 'file'), once what
+    can be told without reading it holds: a built-in name, a hub's dataset prefix, a known scheme, a local
+    path that exists. Raises SourceError naming the fix."""
+    if source.startswith("builtin://"):
+        if source not in BUILTIN_SOURCES:
+            raise SourceError(f"dataset {source!r}: no such built-in dataset; use builtin://reverse/sft, "
+                              "builtin://reverse/preference or builtin://reverse/eval")
+        return "builtin"
+    for kind in ("s3", "store"):
+        if source.startswith(f"{kind}://"):
+            return kind
     for scheme, prefix in HUB_SCHEMES.items():
         if source.startswith(f"{scheme}://"):
             if not source.startswith(prefix):
                 raise SourceError(f"dataset {source!r}: name a dataset repo as {prefix}OWNER/NAME[:CONFIG][@SPLIT]")
-            return _hub(scheme, source.removeprefix(prefix), source)
+            return scheme
     if "://" in source:
         raise SourceError(f"dataset {source!r}: unsupported scheme; use a local file or folder, s3://, "
                           "hf://datasets/, modelscope://datasets/ or store:// (see `alignflow data add`)")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise SourceError(f"dataset {source!r}: no such file or folder")
-    return [(p, str(p)) for p in data_files(path, source)]
+    if not Path(source).expanduser().exists():
+        raise SourceError(f"dataset {source}: no such file or folder")
+    return "file"
 
 
 def _builtin(source: str, scratch: Path) -> Path:
     from tasks.builtin import reverse_task
 
-    task, _, part = source.removeprefix("builtin://").partition("/")
-    if task != "reverse" or part not in ("sft", "preference", "eval"):
-        raise SourceError(f"dataset {source!r}: no such built-in dataset; use builtin://reverse/sft, "
-                          "builtin://reverse/preference or builtin://reverse/eval")
+    part = source.rsplit("/", 1)[-1]
     path = scratch / "builtin" / f"reverse-{part}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -106,9 +126,8 @@ def _s3_objects(source: str) -> tuple[str, dict[str, tuple[str, str]]]:
 def s3_listing_problem(source: str, connect_timeout: float = 2.0) -> str | None:
     """Why an s3:// data source cannot be read (unreachable, no bucket, access denied, no data files under
     it), or None; one listing request, no retries, for the checks before any work."""
-    from storage.s3 import client_errors, quick_client, split_uri
-
     from alignflow.errors import ConfigError
+    from storage.s3 import client_errors, quick_client, split_uri
 
     try:
         bucket, key = split_uri(source, "data source")
@@ -227,13 +246,10 @@ def parse_hub(rest: str) -> tuple[str, str | None, str | None]:
 
 
 def _hub(scheme: str, rest: str, source: str) -> list[tuple[Path, str]]:
-    from tasks.download import from_hub, huggingface_hub, modelscope_hub
+    from tasks.download import from_hub, hub_for
 
     repo, config, split = parse_hub(rest)
-    if repo.count("/") != 1:
-        raise SourceError(f"dataset {source!r}: expected {HUB_SCHEMES[scheme]}OWNER/NAME[:CONFIG][@SPLIT]")
-    hub = huggingface_hub("dataset") if scheme == "hf" else modelscope_hub("dataset")
-    root = from_hub(hub, repo, None)
+    root = from_hub(hub_for(scheme, "dataset"), repo, None)  # which checks the repo id
     files = [p for p in data_files(root, source)]
     chosen = select_files([p.relative_to(root).as_posix() for p in files], config, split, source)
     return [(root / rel, f"{source}/{rel}") for rel in chosen]
