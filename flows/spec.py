@@ -39,6 +39,7 @@ from tasks.quantize import QuantizeStage
 from tasks.reward import RewardStage
 from tasks.sft import SFTStage
 
+
 class Stages(StageConfig):
     """A stage runs when it is set (an empty mapping: on, with its defaults) and is skipped when empty."""
 

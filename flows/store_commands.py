@@ -149,9 +149,8 @@ def run_artifacts(args) -> int:
 
 
 def run_storage(args) -> int:
-    from storage import seaweed
-
     from alignflow.home import home_dir
+    from storage import seaweed
 
     home = home_dir("storage")
     if args.storage_command == "up":

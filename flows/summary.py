@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alignflow.errors import ConfigError, DataError, SourceError, UsageError
@@ -59,7 +59,7 @@ class Steps:
                                        or 0)
         if self.result_storage is not None:
             options["result_storage"] = self.result_storage
-        started = time.monotonic()
+        started, state = time.monotonic(), None
         try:
             state = task.with_options(**options)(*args, return_state=True)
             result = state.result()  # raises the stage's own error if it failed

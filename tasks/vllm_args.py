@@ -10,7 +10,6 @@ bind every interface, keyless).
 
 from __future__ import annotations
 
-
 # vLLM options the deploy stage sets itself, and what to set instead: given again in extra_args they would win
 # (vLLM keeps the last) and undo what the stage decided, e.g. `--host 0.0.0.0` binds every interface, keyless
 DECIDED_OPTIONS = {
