@@ -324,7 +324,7 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
     `raws`: the registered dataset version each `store://` source resolved to (None for the others)."""
     from prefect import get_run_logger
 
-    from tasks.degeneracy import mostly_duplicates
+    from tasks.degeneracy import mostly_duplicates, noted
 
     workdir, store = run.workdir(), run.open_store()
     report = convert_sources(split, sources, rules, workdir / split, workdir / "sources",
@@ -334,10 +334,8 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
     get_run_logger().info("convert_dataset[%s]: %s", split, describe(counts))
     inputs = {f"raw{i}" if len(raws) > 1 else "raw": raw for i, raw in enumerate(raws) if raw is not None}
     metrics = {k: counts[k] for k in ("rows", "bad", "duplicates", "skipped", "held_out")}
-    warning = mostly_duplicates(counts["read"], counts["duplicates"])
-    if warning:
-        metrics["warnings"] = [warning]
-        get_run_logger().warning("convert_dataset[%s]: %s", split, warning)
+    metrics = noted(metrics, [mostly_duplicates(counts["read"], counts["duplicates"])], f"convert_dataset[{split}]",
+                    get_run_logger())
     return publish(run, f"data-{split}", "dataset", workdir / split, stage="convert_dataset",
                    config={"split": split, "sources": [s.model_dump() for s in sources], "rules": rules.model_dump()},
                    inputs=inputs, metadata={"split": split}, metrics=metrics)

@@ -21,6 +21,15 @@ FLAT = 0.01  # a loss that moved less than 1% from its first logged value did no
 DUPLICATE_SHARE = 0.5  # half the rows or more removed as duplicates
 
 
+def noted(metrics: dict, warnings: list[str | None], label: str, logger) -> dict:
+    """`metrics` with the warnings that apply (None: this check found nothing) under `warnings`, each also
+    logged as `label: warning`."""
+    found = [warning for warning in warnings if warning]
+    for warning in found:
+        logger.warning("%s: %s", label, warning)
+    return dict(metrics, warnings=found) if found else metrics
+
+
 def few_pairs(pairs: int, prompts: int, ties: int) -> str | None:
     if pairs * 10 >= prompts and pairs >= min(MIN_PAIRS, prompts // 2):
         return None

@@ -242,7 +242,7 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
     """`fingerprints`: the local sets' files (EvaluateStage.fingerprints); `serving`: for engine vllm."""
     from prefect import get_run_logger
 
-    from tasks.degeneracy import empty_answers
+    from tasks.degeneracy import empty_answers, noted
 
     logger, store, workdir = get_run_logger(), run.open_store(), run.workdir()
     data_dir, work_dir, out = workdir / "data", workdir / "evalscope", workdir / "output"
@@ -268,10 +268,7 @@ def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: Eva
     logger.info("evaluate %s %s: %s", role, model.label, "; ".join(
         f"{name} {s['metric']} = {s['score']:.3f} ({s['samples']})" for name, s in scores.items()))
     metrics = {**primary, "primary": config.primary, "sets": {n: s["score"] for n, s in scores.items()}}
-    warning = empty_answers(sorted(out.glob("*/predictions-*.jsonl")))
-    if warning:
-        metrics["warnings"] = [warning]
-        logger.warning("evaluate %s: %s", role, warning)
+    metrics = noted(metrics, [empty_answers(sorted(out.glob("*/predictions-*.jsonl")))], f"evaluate {role}", logger)
     return publish(run, f"eval-{role}", "eval_report", out, stage="evaluate", config=config,
                    inputs={"model": model, "data": data}, libraries=LIBRARIES, metrics=metrics)
 

@@ -38,7 +38,7 @@ def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: Ar
     """`policy`: the model that was sampled (named in the lineage); `offline`: pairs to add (pairs: mixed)."""
     from prefect import get_run_logger
 
-    from tasks.degeneracy import few_pairs
+    from tasks.degeneracy import few_pairs, noted
     from tasks.reward import rewards, stored_reward_model
 
     store, out = run.open_store(), run.workdir() / "output"
@@ -71,10 +71,7 @@ def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: Ar
     metrics = {"rows": len(pairs) + offline_rows.count("\n"), "pairs": len(pairs), "ties": ties,
                "reward_margin_mean": round(statistics.fmean(margins), 4),
                "reward_mean": round(statistics.fmean(scores), 4)}
-    warning = few_pairs(len(pairs), len(rows), ties)
-    if warning:
-        metrics["warnings"] = [warning]
-        get_run_logger().warning("score: %s", warning)
+    metrics = noted(metrics, [few_pairs(len(pairs), len(rows), ties)], "score", get_run_logger())
     (out / "report.json").write_text(json.dumps(metrics, indent=2))
     get_run_logger().info("score: %d on-policy pairs from %d prompts (%d ties dropped), mean margin %.3f%s",
                           len(pairs), len(rows), ties, metrics["reward_margin_mean"],

@@ -294,15 +294,13 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
 
 def with_warnings(metrics: dict, stage: str, workdir: Path, logger) -> dict:
     """`metrics` plus what makes the training degenerate (tasks/degeneracy.py), each also logged."""
-    from tasks.degeneracy import training_warnings
+    from tasks.degeneracy import noted, training_warnings
 
     history = workdir / "history.json"
     key = {"train_reward_model": "reward"}.get(stage, stage.removeprefix("train_"))  # the spec's stage name
     warnings = training_warnings(key, json.loads(history.read_text()) if history.exists() else [],
                                  int(metrics.get("steps", 0)))
-    for warning in warnings:
-        logger.warning("%s: %s", stage, warning)
-    return dict(metrics, warnings=warnings) if warnings else metrics
+    return noted(metrics, warnings, stage, logger)
 
 
 # ---- child side -------------------------------------------------------------------------------------
