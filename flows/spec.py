@@ -167,7 +167,10 @@ class PipelineSpec(StageConfig):
     name: str = Field(pattern=NAME_PATTERN, description="lowercase letters, digits, '-', '_', '.'; prefixes "
                                                         "every artifact (demo/sft) and names the served model")
     model: str = Field(description="base model: builtin://tiny-qwen2, a local folder, "
-                                   "modelscope://owner/name[@rev], hf://owner/name[@rev]")
+                                   "modelscope://owner/name[@rev], hf://owner/name[@rev], or a GGUF file: "
+                                   "./model.gguf, s3://bucket/model.gguf, pkg://package/model.gguf")
+    model_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the float type a GGUF model is dequantized to (other sources keep theirs)")
     data: DataSpec = Field(default_factory=DataSpec, description="where each split comes from")
     stages: Stages = Field(default_factory=Stages, description="what to run; a stage left empty is skipped")
     store: str = Field(".alignflow/store", description="artifact store: a folder or s3://bucket/prefix")

