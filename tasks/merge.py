@@ -11,6 +11,7 @@ from pydantic import Field
 from alignflow.errors import StageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
+from tasks.chat import encode_chat
 from tasks.models import chat_texts, load_causal_lm, load_tokenizer, model_chain
 from tasks.stage import RunContext, publish, stage
 
@@ -37,7 +38,7 @@ def merge(run: RunContext, model: ArtifactRef, probe: ArtifactRef, config: Merge
     merged = PeftModel.from_pretrained(load_causal_lm(chain[:-1]), chain[-1]).merge_and_unload().eval()
     tokenizer = load_tokenizer(chain)
     texts = chat_texts(store.get_dir(probe) / "data.jsonl", tokenizer, CHECK_PROMPTS, with_answers=False)
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    batch = encode_chat(tokenizer, texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         diff = (merged(**batch).logits - unmerged(**batch).logits).abs().max().item()
     get_run_logger().info("merge: max |logit difference| merged vs adapter = %.2e (tolerance %.0e)",

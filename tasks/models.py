@@ -41,10 +41,16 @@ def load_causal_lm(chain: list[str | Path], **kwargs):
     return model
 
 
-def load_tokenizer(chain: list[str | Path]):
+def load_tokenizer(chain: list[str | Path], **kwargs):
+    """The model's tokenizer, its special tokens settled against its chat template (tasks/chat.py): a no-op
+    for a base model download_model settled, a fix for one stored before it did."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(chain[0])
+    from tasks.chat import settle
+
+    tokenizer = AutoTokenizer.from_pretrained(chain[0], **kwargs)
+    settle(tokenizer)
+    return tokenizer
 
 
 def materialize(chain: list[str | Path], dest: Path) -> Path:

@@ -20,7 +20,7 @@ from pydantic import Field
 from alignflow.errors import StageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
-from tasks.models import chat_texts
+from tasks.models import chat_texts, load_tokenizer
 from tasks.servers import has_gpu
 from tasks.stage import RunContext, publish, stage
 
@@ -81,14 +81,16 @@ def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, conf
     from datasets import Dataset
     from llmcompressor import LoggerConfig, configure_logger, oneshot
     from prefect import get_run_logger
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tasks.chat import encode_chat
 
     store, out = run.open_store(), run.workdir() / "output"
     src = store.get_dir(model)
-    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer = load_tokenizer([src])
     lm = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
     texts = chat_texts(store.get_dir(calibration) / "data.jsonl", tokenizer, config.calibration_samples)
-    samples = Dataset.from_dict(dict(tokenizer(texts, truncation=True, max_length=config.max_length)))
+    samples = Dataset.from_dict(dict(encode_chat(tokenizer, texts, truncation=True, max_length=config.max_length)))
     log_file = run.log_file("quantize")
     get_run_logger().info("quantize: %s with %d calibration samples (llm-compressor's output: %s)", config.method,
                           len(texts), log_file)

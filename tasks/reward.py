@@ -76,10 +76,12 @@ def stored_reward_model(store, ref) -> tuple:
 
 def load_reward_model(folder):
     """(model, tokenizer) of a `reward_model` artifact's folder, ready to score."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    from tasks.models import load_tokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    return model, AutoTokenizer.from_pretrained(folder)
+    return model, load_tokenizer([folder])
 
 
 def rewards(model, tokenizer, conversations: list[list[dict]], max_length: int, batch_size: int = 16) -> list[float]:
@@ -87,12 +89,14 @@ def rewards(model, tokenizer, conversations: list[list[dict]], max_length: int, 
     the chat template's text, truncated to `max_length` tokens."""
     import torch
 
+    from tasks.chat import encode_chat
+
     model.eval()
     scores: list[float] = []
     with torch.no_grad():
         for start in range(0, len(conversations), batch_size):
             texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations[start:start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                              max_length=max_length).to(model.device)
+            batch = encode_chat(tokenizer, texts, return_tensors="pt", padding=True, truncation=True,
+                                max_length=max_length).to(model.device)
             scores += model(**batch).logits.squeeze(-1).float().tolist()
     return scores

