@@ -265,13 +265,22 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
     problems = unmet_needs(spec) + format_problems(spec.data)
     problems += [problem for _, config in spec.stages if config is not None for problem in config.problems()]
     problems += trainer_args_problems(spec.stages)
-    problems += serving_problems(spec.stages)
+    problems += serving_problems(spec.stages) + gated_sets_problems(spec.stages)
     if spec.storage and not spec.store.startswith("s3://"):
         problems.append("storage: names credentials for an s3:// store, but store is a folder")
     for name in spec.service.watch.sources:
         if not is_valid("dataset", name):
             problems.append(f"service.watch.sources.{name!r}: {FRIENDLY_PATTERNS[DATASET_PATTERN]}")
     return problems
+
+
+def gated_sets_problems(stages: Stages) -> list[str]:
+    """The gate's max_drop names sets the evaluation has."""
+    if stages.gate is None or stages.evaluate is None:
+        return []
+    names = ["qa"] + [s.name for s in stages.evaluate.sets]
+    return [f"stages.gate.max_drop.{name}: no such evaluation set; stages.evaluate has {', '.join(names)}"
+            for name in stages.gate.max_drop if name not in names]
 
 
 def trainer_args_problems(stages: Stages) -> list[str]:

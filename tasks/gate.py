@@ -5,6 +5,7 @@ Rules (all must hold; each failure is listed in the decision's reasons):
     score - base score >= min_gain_over_base
     score >= production score - max_regression    (when a model is in production)
     reward-model win rate over the SFT policy >= min_win_rate    (when set; the `judge` stage measures it)
+    each set in max_drop: its score >= the base model's - max_drop[set]   (what training must not cost)
 Never cached: production moves between runs. The decision is a plain dict the flow reports; it names
 the production version it judged against, and the flow promotes the candidate only if production still
 points there (compare-and-swap), so two runs that pass at once never lose an update.
@@ -33,9 +34,16 @@ class GateStage(StageConfig):
     min_win_rate: Optional[float] = Field(None, ge=0, le=1, description="... and win at least this share of "
                                                                         "held-out prompts against the SFT policy, "
                                                                         "by the reward model (needs stages.reward)")
+    max_drop: dict[str, float] = Field(default_factory=dict, description="per evaluation set (its name, or qa): "
+                                       "how far below the base model's score the candidate may fall there, e.g. "
+                                       "{knowledge: 0.05}: a skill the training must not cost")
 
     def needs(self) -> tuple[str, ...]:
         return ("stages.evaluate",) + (("stages.reward",) if self.min_win_rate is not None else ())
+
+    def problems(self) -> list[str]:
+        return [f"stages.gate.max_drop.{name}: {drop} is not between 0 and 1" for name, drop in
+                self.max_drop.items() if not 0 <= drop <= 1]
 
 
 def production_report(run: RunContext) -> ArtifactRef | None:
@@ -44,7 +52,7 @@ def production_report(run: RunContext) -> ArtifactRef | None:
 
 
 def decide(score: float, base: float, production: float | None, config: GateStage,
-           win_rate: float | None = None) -> list[str]:
+           win_rate: float | None = None, sets: dict | None = None, base_sets: dict | None = None) -> list[str]:
     """>>> decide(0.5, 0.3, None, GateStage(min_score=0.6))
     ['score 0.500 is below min_score 0.600']"""
     reasons = []
@@ -59,6 +67,18 @@ def decide(score: float, base: float, production: float | None, config: GateStag
     if config.min_win_rate is not None and (win_rate is None or win_rate < config.min_win_rate):
         measured = "was not measured (no judge report)" if win_rate is None else f"{win_rate:.3f}"
         reasons.append(f"win rate over the SFT policy {measured} is below min_win_rate {config.min_win_rate:.3f}")
+    return reasons + set_drops(sets or {}, base_sets or {}, config.max_drop)
+
+
+def set_drops(sets: dict, base_sets: dict, max_drop: dict) -> list[str]:
+    """One reason per set whose score fell below the base model's by more than its max_drop."""
+    reasons = []
+    for name, drop in sorted(max_drop.items()):
+        if name not in sets or name not in base_sets:
+            reasons.append(f"{name}: max_drop names a set that was not evaluated (sets: {', '.join(sorted(sets))})")
+        elif sets[name] < base_sets[name] - drop:
+            reasons.append(f"{name}: {sets[name]:.3f} is {base_sets[name] - sets[name]:.3f} below the base model's "
+                           f"{base_sets[name]:.3f}, more than max_drop {drop:.3f}")
     return reasons
 
 
@@ -71,7 +91,8 @@ def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: Gat
     production = production_report(run)
     prod_score = production.metrics["score"] if production else None
     win_rate = judged.metrics["win_rate"] if judged else None
-    reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config, win_rate)
+    reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config, win_rate,
+                     candidate.metrics.get("sets"), base.metrics.get("sets"))
     decision = {"passed": not reasons, "reasons": reasons, "score": candidate.metrics["score"],
                 "base_score": base.metrics["score"], "production_score": prod_score, "win_rate": win_rate,
                 "production": production.label if production else None,

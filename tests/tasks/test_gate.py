@@ -9,3 +9,15 @@ def test_gate_lists_every_failed_rule():
     reasons = decide(0.5, 0.3, 0.8, GateStage(min_score=0.6, min_gain_over_base=0.4, max_regression=0.05))
     assert len(reasons) == 3
     assert any("min_score" in r for r in reasons) and any("production" in r for r in reasons)
+
+
+def test_a_set_the_candidate_loses_more_than_max_drop_on_rejects_it():
+    from tasks.gate import GateStage, decide
+
+    config = GateStage(max_drop={"knowledge": 0.05})
+    sets, base = {"qa": 0.9, "knowledge": 0.55}, {"qa": 0.1, "knowledge": 0.62}
+    [reason] = decide(0.9, 0.1, None, config, sets=sets, base_sets=base)
+    assert reason.startswith("knowledge: 0.550 is 0.070 below the base model's 0.620")
+    assert decide(0.9, 0.1, None, config, sets=dict(sets, knowledge=0.58), base_sets=base) == []
+    assert "not evaluated" in decide(0.9, 0.1, None, config, sets={"qa": 0.9}, base_sets=base)[0]
+    assert GateStage(max_drop={"knowledge": 2}).problems()
