@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     # before anything imports Prefect: its usage analytics cost 0.3 s of every command's start
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    from flows.server import FILE_LEASES, LEASES
+
+    os.environ.setdefault(LEASES, FILE_LEASES)
     args = build_parser().parse_args(argv)
     try:
         return dispatch(args)

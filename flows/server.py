@@ -35,6 +35,11 @@ DEFAULT_PORT = 4200  # Prefect's own default; a free port is taken when it is bu
 START_TIMEOUT = 600.0  # the first start creates and migrates the database: 30 s idle, minutes when busy
 HEARTBEAT_SECONDS = 30  # flow runs started by the worker report they are alive this often
 WORKER_QUERY_SECONDS = 2  # how often the worker asks the server for runs that are due
+# Concurrency slots are leased. A lease kept in server memory dies with a killed run's temporary server while
+# its slot stays taken, and every later run waits on it forever; kept in files under PREFECT_HOME, an expired
+# lease is revoked by the next server that starts.
+LEASES = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+FILE_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 class ServerError(AlignflowError):
@@ -196,7 +201,7 @@ def start_worker(api_url: str) -> dict:
 
 
 def prefect_env(api_url: str | None) -> dict:
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **{LEASES: FILE_LEASES},
                PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_SECONDS))  # a silent run is a crashed run
     env.pop("PREFECT_API_URL", None)
     if api_url:
