@@ -7,9 +7,12 @@ that still started then (`is_process`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
+
+_owned: set[int] = set()  # process groups of children that must not outlive this process (trainers)
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -87,6 +90,25 @@ def stop_group(pid: int, sig: int, timeout: float = 30.0, start: int | None = No
         while is_process(pid, start):
             time.sleep(0.1)
     return True
+
+
+@contextlib.contextmanager
+def owned_group(pid: int):
+    """While inside, the process group `pid` leads is one `stop_owned` stops: a child that must not go on
+    working for nobody when this process is interrupted (its reading thread may never see the interrupt)."""
+    _owned.add(pid)
+    try:
+        yield
+    finally:
+        _owned.discard(pid)
+
+
+def stop_owned(timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s, to every owned process group still running."""
+    import signal
+
+    for pid in list(_owned):
+        stop_group(pid, signal.SIGTERM, timeout=timeout)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -21,10 +21,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from alignflow.errors import AlignflowError
+from alignflow.processes import stop_owned
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "deployments" / "demo.yaml"
 EXIT_REJECTED = 3  # the gate rejected the candidate
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault(LEASES, FILE_LEASES)
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # `kill PID` stops a run as Ctrl-C does
+        signal.signal(signal.SIGTERM, interrupted)
     try:
         return dispatch(args)
     except AlignflowError as exc:
@@ -225,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        stop_owned()  # a trainer still running in a stage's thread (it never saw the interrupt)
+
+
+def interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def dispatch(args) -> int:

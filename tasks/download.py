@@ -57,7 +57,7 @@ def download_model(run: RunContext, source: str, fingerprint: str = "", dtype: s
     from tasks import chat
 
     workdir = run.workdir()
-    folder, metadata = fetch_model(source, workdir, dtype)
+    folder, metadata = fetched(source, workdir, dtype)
     folder, notes = chat.settled_folder(folder, workdir / "settled")
     for note in notes:
         get_run_logger().info("download_model: %s", note)
@@ -65,8 +65,13 @@ def download_model(run: RunContext, source: str, fingerprint: str = "", dtype: s
                    inputs={}, metadata=metadata | ({"tokenizer_settled": notes} if notes else {}))
 
 
-def fetch_model(source: str, workdir: Path, dtype: str = "float32") -> tuple[Path, dict]:
-    """(a local model folder, what to record of where it came from)."""
+def fetch_model(source: str, workdir: Path, dtype: str = "float32") -> Path:
+    """A local model folder for `source` (scratch space under `workdir` when it has to be made)."""
+    return fetched(source, workdir, dtype)[0]
+
+
+def fetched(source: str, workdir: Path, dtype: str = "float32") -> tuple[Path, dict]:
+    """(a local model folder, what to record of where it came from: a GGUF's name and digest)."""
     scheme, rest = checked_model_source(source)
     if scheme == "builtin":
         from tasks.builtin import tiny_model

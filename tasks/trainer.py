@@ -20,6 +20,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
-from alignflow.processes import free_port
+from alignflow.processes import free_port, owned_group, stop_group
 from alignflow.secrets import child_env
 from storage.store import default_cache_dir
 from tasks import report
@@ -154,24 +155,23 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     started, progress = time.monotonic(), report.ProgressArtifact(f"{dashboard_key}-progress", f"{stage} steps") \
         if dashboard_key else None
     logger.info("%s: trainer output goes to %s", stage, log_file)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc, \
+    # its own process group: whatever ends the parent early (Ctrl-C, a cancelled run, a crash) stops the
+    # launcher and the trainer with it, instead of leaving them training for nobody
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          start_new_session=True) as proc, owned_group(proc.pid), \
             open(log_file, "a", encoding="utf-8") as log:
-        for line in proc.stdout:
-            if line.startswith(PROGRESS):
-                p = json.loads(line[len(PROGRESS):])
-                if "checkpoint" in p:
-                    if checkpoints:
-                        checkpoints.saved(workdir / "checkpoints" / p["checkpoint"])
-                elif "resumed_from" in p:
-                    logger.info("%s: resuming from the checkpoint at step %d", stage, p["resumed_from"])
-                else:
-                    logger.info("%s: %s", stage, describe_progress(p, started))
-                    if progress and p.get("max_steps"):
-                        progress.update(p["step"] / p["max_steps"])
-            elif line.strip():
-                log.write(line)
-                tail.append(line.rstrip())
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                if line.startswith(PROGRESS):
+                    on_progress(json.loads(line[len(PROGRESS):]), stage, started, logger, checkpoints, progress,
+                                workdir)
+                elif line.strip():
+                    log.write(line)
+                    tail.append(line.rstrip())
+            code = proc.wait()
+        except BaseException:
+            stop_group(proc.pid, signal.SIGTERM, timeout=10)
+            raise
     if checkpoints:
         checkpoints.wait()  # the last checkpoint is the retry's starting point: store it before failing
     if code == 0 and (workdir / "result.json").exists():
@@ -179,6 +179,19 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
             show_curves(workdir, stage, dashboard_key, progress)
         return json.loads((workdir / "result.json").read_text())
     raise child_failure(stage, workdir, code, list(tail))
+
+
+def on_progress(p: dict, stage: str, started: float, logger, checkpoints, progress, workdir: Path) -> None:
+    """One progress line of the trainer child: a checkpoint written, a resume, or a step's metrics."""
+    if "checkpoint" in p:
+        if checkpoints:
+            checkpoints.saved(workdir / "checkpoints" / p["checkpoint"])
+    elif "resumed_from" in p:
+        logger.info("%s: resuming from the checkpoint at step %d", stage, p["resumed_from"])
+    else:
+        logger.info("%s: %s", stage, describe_progress(p, started))
+        if progress and p.get("max_steps"):
+            progress.update(p["step"] / p["max_steps"])
 
 
 def trainer_env(config: dict, gpus: int) -> dict:

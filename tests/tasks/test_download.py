@@ -16,7 +16,7 @@ from alignflow.errors import SourceError
 from tasks.download import fetch_model
 
 FETCH = ("import sys; from pathlib import Path; from tasks.download import fetch_model\n"
-         "try:\n    print('OK', fetch_model(sys.argv[1], Path(sys.argv[2]))[0])\n"
+         "try:\n    print('OK', fetch_model(sys.argv[1], Path(sys.argv[2])))\n"
          "except Exception as e:\n    print('ERR', type(e).__name__, e)")
 
 
@@ -30,13 +30,13 @@ def fetch_in_fresh_process(source: str, tmp_path, env: dict) -> tuple[str, float
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return fetch_model("builtin://tiny-qwen2", tmp_path_factory.mktemp("tiny"))[0]
+    return fetch_model("builtin://tiny-qwen2", tmp_path_factory.mktemp("tiny"))
 
 
 def test_builtin_model_is_deterministic_and_servable_shape(tiny_model, tmp_path):
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] >= 32  # vLLM's CPU attention minimum
-    again, _ = fetch_model("builtin://tiny-qwen2", tmp_path)
+    again = fetch_model("builtin://tiny-qwen2", tmp_path)
     assert (again / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
 
 

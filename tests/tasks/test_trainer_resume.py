@@ -100,3 +100,45 @@ def test_killed_trainer_resumes_on_another_machine_from_the_stored_checkpoint(tm
     checkpoints.drop()
     assert store.backend.list("checkpoints/") == []
 
+
+
+class RaiseAtStep(logging.Handler):
+    """Raises KeyboardInterrupt in the parent's reading loop once a step is reported: Ctrl-C mid-training."""
+
+    def emit(self, record):
+        if re.search(r"step \d+/", record.getMessage()):
+            raise KeyboardInterrupt
+
+
+def trainers_running(job_path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", str(job_path)], capture_output=True, text=True).stdout
+    return found.split()
+
+
+def test_an_interrupted_parent_leaves_no_trainer_behind(tmp_path):
+    """Ctrl-C in the stage's thread stops the launcher and the trainer at once; an interrupt the thread
+    never sees (the main thread's, then `stop_owned` on the way out, as `alignflow` does) stops them too."""
+    import threading
+
+    from alignflow.processes import stop_owned
+
+    job, workdir = sft_job(tmp_path, trainer_args={"logging_steps": 1})
+    job["config"]["epochs"] = 50  # minutes of work left when it is cut
+    logger = logging.getLogger("test.interrupt")
+    logger.setLevel(logging.INFO)
+    handler = RaiseAtStep()
+    logger.addHandler(handler)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.launch("train_sft", "sft", job, workdir, logger)
+    logger.removeHandler(handler)
+    assert trainers_running(workdir / "job.json") == []
+
+    outcome, other = [], tmp_path / "work-thread"
+    thread = threading.Thread(target=lambda: outcome.append(
+        pytest.raises(Exception, trainer.launch, "train_sft", "sft", job, other, logger)), daemon=True)
+    thread.start()
+    while not trainers_running(other / "job.json") or not (other / "trainer.log").exists():
+        thread.join(0.5)
+    stop_owned()
+    thread.join(60)
+    assert not thread.is_alive() and outcome and trainers_running(other / "job.json") == []
