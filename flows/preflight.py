@@ -6,7 +6,7 @@ api key's variable exist and can be reached. Every problem is collected, so one 
 and nothing is written: a store that does not exist yet is only checked to be creatable.
 
     spec has 4 problems:
-      - model ./models/qwen: no such folder
+      - model ./models/qwen: no such file or folder
       - data.sft: dataset ./data/train.jsonl: no such file or folder
       - stages.sft.trainer_args.max_step: TRL's SFTConfig has no argument 'max_step'; did you mean 'max_steps'?
       - store s3://runs/demo: cannot reach http://127.0.0.1:9: EndpointConnectionError

@@ -30,7 +30,7 @@ def test_four_problems_are_listed_together_and_nothing_is_written(command, tmp_p
                                               "AWS_SECRET_ACCESS_KEY": "s"})
     assert result.code == 2, result.output
     assert "has 4 problems" in result.stderr and "Traceback" not in result.output
-    for expected in ("no-such-model: no such folder", "no-such-data.jsonl: no such file or folder",
+    for expected in ("no-such-model: no such file or folder", "no-such-data.jsonl: no such file or folder",
                      "trainer_args.max_step: TRL's SFTConfig has no argument 'max_step'; did you mean 'max_steps'?",
                      "store s3://runs/four: cannot reach http://***@127.0.0.1"):
         assert expected in result.stderr, result.stderr
