@@ -133,9 +133,14 @@ def _stop_ids(where, tokenizer) -> list[str]:
 
 def settled_folder(folder: Path, dest: Path) -> tuple[Path, list[str]]:
     """`folder` itself when its model needs nothing settled; else `dest`: links to `folder`'s files with
-    the tokenizer, config.json and generation_config.json rewritten (the source is never written)."""
+    the tokenizer, config.json and generation_config.json rewritten (the source is never written).
+    A folder without a tokenizer (weights only, as some stores hold them) has nothing to settle."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    from tasks.tokens import TOKENIZER_FILES
+
+    if not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
+        return Path(folder), []
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
     try:
@@ -151,8 +156,6 @@ def settled_folder(folder: Path, dest: Path) -> tuple[Path, list[str]]:
         (dest / name).unlink(missing_ok=True)
     config.save_pretrained(dest)
     generation.save_pretrained(dest)
-    from tasks.tokens import TOKENIZER_FILES
-
     for name in TOKENIZER_FILES:
         (dest / name).unlink(missing_ok=True)
     tokenizer.save_pretrained(dest)

@@ -141,3 +141,12 @@ def test_a_template_that_writes_bos_and_a_tokenizer_that_adds_it_give_one_bos(ba
     model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
     rewards(model, tok, [conversation], max_length=64)
     assert seen and torch.equal(seen[0][0, :2] == bos, torch.tensor([True, False]))
+
+
+def test_a_model_folder_without_a_tokenizer_is_passed_through_untouched(tmp_path):
+    from tasks.chat import settled_folder
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert settled_folder(tmp_path / "model", tmp_path / "settled") == (tmp_path / "model", [])
+    assert not (tmp_path / "settled").exists()
