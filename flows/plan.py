@@ -13,6 +13,10 @@ nothing.
     train_dpo                    would run        train_dpo-1c0d4e
     merge                        would run        (after train_dpo)
     gate                         runs every time
+
+Under it, each stage that loads a model with its estimated peak memory, part by part (tasks/memory.py;
+docs/MEMORY.md), against what the machine has free now; `--json` carries the same numbers in bytes.
+The check that refuses a stage that cannot fit is made before the walk, by flows/preflight.py.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def plan(spec) -> list[dict]:
     run = PlanRun(spec.name, spec.store, str(default_cache_dir()), spec.storage, None, 1)
     steps = PlanSteps(spec, result_store(spec.store, spec.storage))
     pipeline(steps, run, spec, None)
-    return steps.rows
+    return with_memory(spec, steps.rows)
 
 
 def result_store(store: str, credentials_block: str | None):
@@ -159,7 +163,8 @@ def render_plan(spec, rows: list[dict]) -> str:
     head = (f"plan for pipeline {spec.name} (store: {spec.store}): {counts['cached']} cached, "
             f"{counts['would run']} would run, {counts['runs every time']} run every time (not cached)")
     shown = [dict(r, **{"cache key": short_key(r["cache key"])}) for r in rows]
-    return head + "\n\n" + format_table(shown, ["stage", "plan", "cache key", "artifact"])
+    return head + "\n\n" + format_table(shown, ["stage", "plan", "cache key", "artifact"]) + "\n\n" + \
+        render_memory(spec, rows)
 
 
 def short_key(key: str) -> str:
@@ -169,3 +174,78 @@ def short_key(key: str) -> str:
         return key
     digest, _, attempt = rest.partition("-")
     return f"{stage}-{digest[:16]}" + (f"-{attempt}" if attempt else "")
+
+
+# ---- memory -------------------------------------------------------------------------------------------
+
+MEMORY_COLUMNS = ["stage", "trainable", "dtype", "weights", "grads", "optim", "activ", "logits", "other", "base",
+                  "peak", "need"]
+OTHER_PARTS = ("reference", "kv cache", "reward model")  # the "other" column
+
+
+def memory_estimates(spec):
+    """(the model's Shape, or why it is unknown; devices; each stage's Estimate) for `spec` (tasks/memory.py)."""
+    from tasks import memory
+
+    shape = memory.model_shape(spec.model, getattr(spec, "model_dtype", "float32"))
+    if isinstance(shape, str):
+        return shape, {}, []
+    found = memory.devices()
+    return shape, found, memory.estimates(spec, shape, found)
+
+
+def stage_of(label: str) -> str:
+    """'evaluate[candidate]' -> 'evaluate'."""
+    return label.split("[", 1)[0]
+
+
+def with_memory(spec, rows: list[dict]) -> list[dict]:
+    """Each plan row of a stage that loads a model gets its estimate (bytes), for `--json`."""
+    _, _, estimates = memory_estimates(spec)
+    by_stage = {}
+    for e in estimates:
+        by_stage.setdefault(e.stage, e)
+    for row in rows:
+        e = by_stage.get(stage_of(row["stage"]))
+        if e is not None:
+            row["memory"] = {"device": e.device, "process": e.process, "peak": e.peak, "need": e.need,
+                             "parts": e.parts, "copies": e.copies, "beside": e.beside}
+    return rows
+
+
+def render_memory(spec, rows: list[dict]) -> str:
+    """The second table: each stage's estimated peak, part by part, in GiB, against what is free now."""
+    import textwrap
+
+    from flows.summary import format_table
+    from tasks.memory import gib
+
+    shape, found, estimates = memory_estimates(spec)
+    if isinstance(shape, str):
+        return f"memory: {shape}"
+    free = "; ".join(f"{d.name}: {gib(d.free)} GiB free of {gib(d.total)}" for d in found.values())
+    cached = {stage for stage in {stage_of(r["stage"]) for r in rows}
+              if all(r["plan"] == "cached" for r in rows if stage_of(r["stage"]) == stage)}
+    lines = [f"memory at each stage's peak, GiB ({free}; formulas: docs/MEMORY.md)",
+             *f"model {spec.model}: {shape.describe()}".replace("\n", "\n  ").splitlines(), "",
+             format_table([memory_row(e, e.stage in cached, found) for e in estimates], MEMORY_COLUMNS),
+             textwrap.fill("other: reference model, KV cache, reward model. base: the process itself, its libraries "
+                           "loaded. need: peak x processes, plus what runs beside it (the trainer's launcher, the "
+                           "green vLLM server, EvalScope's child); a cached stage needs none of it; '!': more "
+                           "than is free now (the check is off: ALIGNFLOW_MEMORY_CHECK=off).", 110)]
+    return "\n".join(lines)
+
+
+def memory_row(e, cached: bool, found: dict) -> dict:
+    from tasks.memory import GIB, gib
+
+    def show(*names: str) -> str:
+        size = sum(e.parts.get(name, 0) for name in names)
+        return "-" if not size else "~0" if size < 0.005 * GIB else gib(size)
+
+    stage = e.stage + (" (GPU)" if e.device == "cuda" else "")
+    need = "cached" if cached else gib(e.need) + (" !" if e.need > found[e.device].free else "")
+    return {"stage": stage, "trainable": e.trainable or "-", "dtype": e.dtype or "-", "weights": show("weights"),
+            "grads": show("gradients"), "optim": show("optimizer"), "activ": show("activations"),
+            "logits": show("logits"), "other": show(*OTHER_PARTS), "base": show("overhead"), "peak": gib(e.peak),
+            "need": need}

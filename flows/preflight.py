@@ -2,14 +2,19 @@
 
 The spec's own checks (tasks' configs, flows/spec.py) say whether the settings make sense; these say
 whether this machine can start: the base model, every data source, the store, the serve env and the
-api key's variable exist and can be reached. Every problem is collected, so one message lists them all,
-and nothing is written: a store that does not exist yet is only checked to be creatable.
+api key's variable exist and can be reached, and each stage's peak memory fits what the machine has free
+(tasks/memory.py). Every problem is collected, so one message lists them all, and nothing is written: a
+store that does not exist yet is only checked to be creatable.
 
     spec has 4 problems:
       - model ./models/qwen: no such file or folder
       - data.sft: dataset ./data/train.jsonl: no such file or folder
       - stages.sft.trainer_args.max_step: TRL's SFTConfig has no argument 'max_step'; did you mean 'max_steps'?
       - store s3://runs/demo: cannot reach http://127.0.0.1:9: EndpointConnectionError
+
+    spec has 1 problem:
+      - stages.sft (train_sft): needs 41.20 GiB of CPU RAM at its peak (weights 0.50, ...), but 21.30 GiB is
+        free. Fix: stages.sft.batch_size: 4 (11.62 GiB); or stages.sft.trainer_args.gradient_checkpointing: ...
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ def preflight(spec) -> list[str]:
     anything."""
     problems = store_problems(spec.store, spec.storage)
     store = None if problems else spec.store
-    problems = model_problems(spec.model) + problems
+    model = model_problems(spec.model)
+    problems = model + problems
     for split, (sources, _) in spec.data.splits().items():
         if split == "eval" and spec.data.eval is None:
             continue  # carved out of data.sft: checked there
         for source in sources:
             problems += [f"data.{split}: {p}" for p in source_problems(source.source, store)]
-    return problems + serving_problems(spec.stages)
+    return problems + serving_problems(spec.stages) + ([] if model else memory_problems(spec))
 
 
 # ---- the base model -----------------------------------------------------------------------------------
@@ -59,6 +65,16 @@ def hub_problem(scheme: str, what: str, repo: str, revision: str | None = None) 
     from tasks.download import cached_snapshot, hub_for
 
     cached_snapshot(hub_for(scheme, what), repo, revision)
+
+
+# ---- memory -----------------------------------------------------------------------------------------
+
+def memory_problems(spec) -> list[str]:
+    """Stages whose peak memory, estimated from the model's shapes (tasks/memory.py), does not fit what this
+    machine has free now: CPU RAM, or the GPU's memory for what runs there."""
+    from tasks.memory import problems
+
+    return problems(spec)
 
 
 # ---- data -----------------------------------------------------------------------------------------

@@ -65,6 +65,14 @@ def test_plan_of_a_new_pipeline_runs_everything_and_creates_nothing(tmp_path):
     assert {r["plan"] for r in rows} == {"would run"}
     assert rows[4]["cache key"] == "(after download_model)" and rows[0]["cache key"].startswith("convert_dataset-")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "spec.yaml"]
+    # under it, each stage that loads a model with its peak memory, part by part (tasks/memory.py)
+    table = result.stdout.split("memory at each stage's peak", 1)[1]
+    assert "332.8K parameters" in table and "CPU RAM" in table
+    assert max(len(line) for line in table.splitlines()) <= 110, table
+    assert [line.split()[0] for line in table.splitlines() if line.startswith(("train_", "merge"))] == \
+        ["train_sft", "train_dpo", "merge"]
+    assert rows[4]["memory"]["process"] == "trainer process" and rows[4]["memory"]["peak"] > 0
+    assert "memory" not in rows[3]  # tokenize loads no model
 
 
 def test_a_store_that_is_a_file_or_below_one_is_refused(tmp_path):
