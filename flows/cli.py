@@ -183,12 +183,14 @@ def cmd_plan(args) -> int:
     """Every check `run` makes, then the stages: which come from the cache (with their keys), which run."""
     spec = checked_spec(args)
     quiet_prefect()
-    from flows.plan import plan, render_plan
+    from flows.plan import memory_estimates, plan, render_plan, with_memory
     from flows.server import prefect_api
 
     with prefect_api() if spec.storage else contextlib.nullcontext():  # a credentials block is read via Prefect
         rows = plan(spec)
-    print(render_plan(spec, rows))
+    memory = memory_estimates(spec)  # once: the table and --json show the same estimates and free memory
+    rows = with_memory(rows, memory)
+    print(render_plan(spec, rows, memory))
     write_json(args.json_out, {"name": spec.name, "store": spec.store, "stages": rows})
     return 0
 

@@ -144,7 +144,7 @@ def plan(spec) -> list[dict]:
     run = PlanRun(spec.name, spec.store, str(default_cache_dir()), spec.storage, None, 1)
     steps = PlanSteps(spec, result_store(spec.store, spec.storage))
     pipeline(steps, run, spec, None)
-    return with_memory(spec, steps.rows)
+    return steps.rows
 
 
 def result_store(store: str, credentials_block: str | None):
@@ -156,7 +156,7 @@ def result_store(store: str, credentials_block: str | None):
     return ResultStore(result_storage=result_block(store, credentials_block))
 
 
-def render_plan(spec, rows: list[dict]) -> str:
+def render_plan(spec, rows: list[dict], memory: tuple) -> str:
     from flows.summary import format_table
 
     counts = {status: sum(r["plan"] == status for r in rows) for status in ("cached", "would run", "runs every time")}
@@ -164,7 +164,7 @@ def render_plan(spec, rows: list[dict]) -> str:
             f"{counts['would run']} would run, {counts['runs every time']} run every time (not cached)")
     shown = [dict(r, **{"cache key": short_key(r["cache key"])}) for r in rows]
     return head + "\n\n" + format_table(shown, ["stage", "plan", "cache key", "artifact"]) + "\n\n" + \
-        render_memory(spec, rows)
+        render_memory(spec, rows, memory)
 
 
 def short_key(key: str) -> str:
@@ -187,7 +187,7 @@ def memory_estimates(spec):
     """(the model's Shape, or why it is unknown; devices; each stage's Estimate) for `spec` (tasks/memory.py)."""
     from tasks import memory
 
-    shape = memory.model_shape(spec.model, getattr(spec, "model_dtype", "float32"))
+    shape = memory.model_shape(spec.model, spec.model_dtype)
     if isinstance(shape, str):
         return shape, {}, []
     found = memory.devices()
@@ -199,9 +199,10 @@ def stage_of(label: str) -> str:
     return label.split("[", 1)[0]
 
 
-def with_memory(spec, rows: list[dict]) -> list[dict]:
-    """Each plan row of a stage that loads a model gets its estimate (bytes), for `--json`."""
-    _, _, estimates = memory_estimates(spec)
+def with_memory(rows: list[dict], memory: tuple) -> list[dict]:
+    """Each plan row of a stage that loads a model gets its estimate (bytes, from `memory_estimates`), for
+    `--json`."""
+    _, _, estimates = memory
     by_stage = {}
     for e in estimates:
         by_stage.setdefault(e.stage, e)
@@ -213,14 +214,14 @@ def with_memory(spec, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def render_memory(spec, rows: list[dict]) -> str:
+def render_memory(spec, rows: list[dict], memory: tuple) -> str:
     """The second table: each stage's estimated peak, part by part, in GiB, against what is free now."""
     import textwrap
 
     from flows.summary import format_table
     from tasks.memory import gib
 
-    shape, found, estimates = memory_estimates(spec)
+    shape, found, estimates = memory
     if isinstance(shape, str):
         return f"memory: {shape}"
     free = "; ".join(f"{d.name}: {gib(d.free)} GiB free of {gib(d.total)}" for d in found.values())

@@ -296,10 +296,15 @@ def hub_shape(source: str) -> Shape | str:
 
 # ---- the formulas ----------------------------------------------------------------------------------------
 
+def adapted(lora) -> set[str]:
+    """The module names a LoraSpec's target_modules adapts ("all-linear": every Linear of a layer)."""
+    targets = lora.target_modules
+    return set(LINEAR_NAMES) if targets == "all-linear" else {targets} if isinstance(targets, str) else set(targets)
+
+
 def lora_params(shape: Shape, lora) -> int:
     """T of a LoRA adapter (LoraSpec): r*(in + out) per adapted Linear (+ out for DoRA), in every layer."""
-    targets = lora.target_modules
-    names = set(LINEAR_NAMES) if targets == "all-linear" else {targets} if isinstance(targets, str) else set(targets)
+    names = adapted(lora)
     per_layer = sum(lora.r * (i + o) + (o if lora.use_dora else 0)
                     for name, (i, o) in shape.linears().items() if name in names)
     head = lora.r * (shape.vocab + shape.hidden) * len(names & {"lm_head", "embed_tokens"})
@@ -310,8 +315,7 @@ def lora_dropout_inputs(shape: Shape, lora) -> int:
     """Elements per token and layer that LoRA's dropout keeps: each adapted Linear's input, once more."""
     if not lora.dropout:
         return 0
-    targets = lora.target_modules
-    names = set(LINEAR_NAMES) if targets == "all-linear" else {targets} if isinstance(targets, str) else set(targets)
+    names = adapted(lora)
     return sum(i for name, (i, _) in shape.linears().items() if name in names)
 
 
@@ -682,7 +686,7 @@ def problems(spec) -> list[str]:
     ALIGNFLOW_MEMORY_CHECK=off."""
     if os.environ.get(CHECK, "").lower() == "off":
         return []
-    shape = model_shape(spec.model, getattr(spec, "model_dtype", "float32"))
+    shape = model_shape(spec.model, spec.model_dtype)
     if isinstance(shape, str):
         return []
     found = devices()
