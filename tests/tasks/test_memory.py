@@ -5,8 +5,11 @@ the stage and the setting that would make it fit."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flows.spec import parse_spec
 from tasks import memory
@@ -58,6 +61,27 @@ def test_a_folder_is_read_from_config_json_and_safetensors_headers(tmp_path):
     assert shape.tied and shape.dtype == "float32" and shape.total_params() == 134_515_008
     save_file({"a": torch.zeros(3, 4), "b": torch.zeros(5)}, str(folder / "model.safetensors"))
     assert memory.model_shape(str(folder)).total_params() == 17  # the weights' own count wins
+
+
+def test_weights_that_are_not_safetensors_make_the_shape_unknown_not_a_crash(tmp_path):
+    folder = smol_folder(tmp_path)
+    (folder / "shard-0.safetensors").write_bytes(bytes(range(256)) * 64)  # a header length of 2^63 and more
+    shape = memory.model_shape(str(folder))
+    assert isinstance(shape, str) and shape.startswith("unknown") and "shard-0.safetensors" in shape
+    (folder / "config.json").write_text("{}")  # as a store may hold a model whose config says nothing
+    assert memory.model_shape(str(folder)).startswith("unknown")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=64) | st.builds(lambda n, body: struct.pack("<Q", n) + body,
+                                          st.integers(0, 2**64 - 1), st.binary(max_size=64)))
+def test_any_bytes_under_a_safetensors_name_count_or_say_why(tmp_path, data):
+    path = tmp_path / "fuzz.safetensors"
+    path.write_bytes(data)
+    try:
+        assert memory.safetensors_elements(path) >= 0
+    except ValueError as exc:
+        assert "fuzz.safetensors" in str(exc)
 
 
 def test_the_builtin_tiny_model_shape_matches_what_it_builds(tmp_path):
