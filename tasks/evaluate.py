@@ -2,7 +2,8 @@
 
 Sets: the pipeline's QA split (always, named `qa`: `metric: exact_match` registers the benchmark
 `alignflow_qa`, EvalScope's exact_match over question/answer rows; `metric: rouge` uses general_qa's
-Rouge-L), multiple-choice sets in the CEval/CMMLU file layout (`kind: mcq`, a local folder, accuracy), and
+Rouge-L), multiple-choice sets in the CEval/CMMLU file layout (`kind: mcq`, a local folder, accuracy; or scored by
+the likelihood of each option's text, `answer_by: likelihood`, tasks/likelihood.py), and
 EvalScope's built-in benchmarks by name (`kind: builtin`: gsm8k, ceval, cmmlu, ...) from the local
 ModelScope cache. A built-in set whose data is not cached fails at once naming what to pre-fetch, or is
 skipped with `on_unavailable: skip`. `primary` names the set whose score the gate judges.
@@ -61,6 +62,11 @@ class EvalSet(StageConfig):
     prompt_template: Optional[str] = Field(None, description="mcq: the prompt instead of EvalScope's, with "
                                                              "{question}, {choices} and {letters}")
     few_shot: int = Field(0, ge=0, le=32, description="examples shown before each question (mcq: from _dev)")
+    answer_by: Literal["generation", "likelihood"] = Field(
+        "generation", description="mcq: generation: the model writes its answer and EvalScope reads the letter "
+                                  "(accuracy); likelihood: no letters, the option whose text the model finds most "
+                                  "likely as its answer (likelihood_accuracy; what a small model knows even when "
+                                  "it cannot keep an answer format)")
     limit: Optional[int] = Field(None, ge=1, description="the first N questions per subset (empty: all)")
     on_unavailable: Literal["fail", "skip"] = Field("fail", description="builtin: when its data is not in the "
                                                                         "local cache, fail, or skip the set")
@@ -71,6 +77,9 @@ class EvalSet(StageConfig):
             return [f"{where}.path: an mcq set needs the folder of its files"]
         if self.kind == "mcq" and self.path != BUILTIN_MCQ and not Path(self.path).is_dir():
             return [f"{where}.path: {self.path} is not a folder"]
+        if self.kind == "builtin" and self.answer_by == "likelihood":
+            return [f"{where}.answer_by: likelihood scores mcq folders; EvalScope's built-in benchmarks answer by "
+                    "generation"]
         if self.kind == "builtin" and not self.benchmark:
             return [f"{where}.benchmark: a builtin set needs the benchmark's name, e.g. gsm8k"]
         return []
@@ -138,7 +147,8 @@ def dataset_jobs(data_dir: Path, config: EvaluateStage) -> list[dict]:
             folder = mcq_folder(item.path, data_dir / f"mcq-{item.name}")
             args = dict(args, local_path=str(folder), subset_list=item.subsets or subjects(folder))
             jobs.append({"name": item.name, "dataset": "general_mcq", "args": args, "limit": item.limit,
-                         "builtin": None, "language": item.language, "template": item.prompt_template})
+                         "builtin": None, "language": item.language, "template": item.prompt_template,
+                         "answer_by": item.answer_by, "few_shot": item.few_shot})
         else:
             jobs.append({"name": item.name, "dataset": item.benchmark, "args": args, "limit": item.limit,
                          "builtin": item.benchmark, "on_unavailable": item.on_unavailable})
@@ -147,7 +157,7 @@ def dataset_jobs(data_dir: Path, config: EvaluateStage) -> list[dict]:
 
 def mcq_folder(path: str, scratch: Path) -> Path:
     """A local folder as it is; `builtin://reverse/mcq`: the demo task's questions in English and Chinese
-    (subjects reverse_en and reverse_zh), written into `scratch`."""
+    (subjects reverse_en and reverse_zh) and as the task's own prompt (reverse_task), written into `scratch`."""
     if path != BUILTIN_MCQ:
         return Path(path).resolve()
     import csv
@@ -155,7 +165,7 @@ def mcq_folder(path: str, scratch: Path) -> Path:
     from tasks.builtin import reverse_task
 
     scratch.mkdir(parents=True, exist_ok=True)
-    for language in ("en", "zh"):
+    for language in ("en", "zh", "task"):
         rows = reverse_task.mcq(language)
         with open(scratch / f"reverse_{language}_val.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -236,7 +246,7 @@ def unavailable_message(work_dir: Path) -> str:
 
 
 @stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES,
-       accelerator=True)
+       uses=("tasks.likelihood",), accelerator=True)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str,
              fingerprints: Optional[dict] = None, serving: Optional[Serving] = None) -> ArtifactRef:
     """`fingerprints`: the local sets' files (EvaluateStage.fingerprints); `serving`: for engine vllm."""
@@ -379,7 +389,11 @@ def child(job: dict) -> int:
         return UNAVAILABLE  # within seconds, before any model is loaded
     skip = {m["name"] for m in missing}
     for item in job["sets"]:
-        if item["name"] not in skip:
+        if item.get("answer_by") == "likelihood":
+            from tasks import likelihood
+
+            likelihood.score_set(job["model"], item, work / item["name"])
+        elif item["name"] not in skip:
             run_task(task_cfg=task_config(job["model"], item, config, work / item["name"]))
     return 0
 

@@ -65,7 +65,8 @@ def splits() -> dict[str, list[dict]]:
     }
 
 
-QUESTION = {"en": "What is '{letters}' written backwards?", "zh": "把“{letters}”倒过来写，结果是什么？"}
+QUESTION = {"en": "What is '{letters}' written backwards?", "zh": "把“{letters}”倒过来写，结果是什么？",
+            "task": "reverse: {letters}"}  # the task's own prompt: for answer_by likelihood, options as answers
 
 
 def mcq(language: str, count: int = 40) -> list[dict]:
