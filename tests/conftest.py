@@ -16,6 +16,11 @@ from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The two workers' torch processes (and their trainer and vLLM children) share two cores. libgomp's idle
+# threads spin 300,000 rounds before they sleep, taking the core the other process needs: two SmolLM2-sized
+# training steps at once took 51 s each; with 10,000 rounds 33 s, and one alone is no slower (17 s).
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 # Fuzzing: the same examples on every run, so a red suite is reproducible and CI is a gate, not a lottery;
 # HYPOTHESIS_PROFILE=explore draws new ones (and keeps what fails in .hypothesis/ for the next run).
 settings.register_profile("repeatable", derandomize=True, database=None)
