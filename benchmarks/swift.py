@@ -1,6 +1,6 @@
 """alignflow's training stages against ms-swift, on a real model, the same data and the same settings.
 
-    .venv/bin/python benchmarks/swift.py [--rows 536] [--pairs 304] [--only sft|dpo]
+    .venv/bin/python benchmarks/swift.py [--rows 536] [--pairs 304] [--only sft|dpo] [--repeat 2]
 
 ms-swift (`swift sft`, `swift rlhf --rlhf_type dpo`) pins trl<1.0 and peft<0.21, so it runs from an
 environment of its own, .venv-swift, made on first use from constraints/swift.txt (the same torch).
@@ -14,6 +14,9 @@ The rows: the real-model demo's sentences (deployments/smollm2/), one to three p
 within 128 tokens (ms-swift drops longer rows where alignflow cuts them); DPO pairs prefer one JSON line per
 person to the base model's pretty-printed, fenced style.
 Measured: the Trainer's train_runtime on each side (both log it), and each whole command's wall time.
+The sides take turns, alignflow first then ms-swift first (ABBA, `--repeat` rounds of two): the same run
+varies by up to 20% on this machine from one minute to the next (ms-swift's SFT: 98 to 121 s), so one
+run a side measures the machine, not the trainers. The ratio is of the summed train_runtimes.
 Target: alignflow / ms-swift <= 1.00 in train_runtime, for SFT and for DPO.
 """
 
@@ -105,7 +108,7 @@ def base_model(work: Path) -> Path:
     return settled_folder(folder, work / "settled")[0]
 
 
-def alignflow_side(kind: str, model: Path, data: Path, work: Path) -> tuple[float, float, int]:
+def alignflow_side(kind: str, model: Path, data: Path, work: Path, run: int = 0) -> tuple[float, float, int]:
     """(train_runtime, wall seconds, steps) of the stage's trainer child."""
     from tasks import trainer
     from tasks.dpo import DPOStage
@@ -119,7 +122,7 @@ def alignflow_side(kind: str, model: Path, data: Path, work: Path) -> tuple[floa
     stage = SFTStage(**common) if kind == "sft" else DPOStage(beta=0.1, **common)
     if kind == "sft":
         data = tokens(model, data, stage, work)
-    workdir = work / f"alignflow-{kind}"
+    workdir = work / f"alignflow-{kind}-{run}"  # a fresh one: the trainer resumes from checkpoints it finds
     job = {"config": stage.model_dump(), "model_chain": [str(model)], "data": str(data),
            "output": str(workdir / "output")}
     started = time.monotonic()
@@ -171,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=536)
     parser.add_argument("--pairs", type=int, default=304)
     parser.add_argument("--only", choices=("sft", "dpo"))
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of one run a side (default 2)")
     args = parser.parse_args()
     swift_env()
     with tempfile.TemporaryDirectory(prefix="bench-swift-") as tmp:
@@ -180,18 +184,25 @@ def main() -> None:
         ours_sft, theirs_sft, ours_dpo, theirs_dpo = make_data(work, args.rows, args.pairs, model)
         runs = [("sft", ours_sft, theirs_sft), ("dpo", ours_dpo, theirs_dpo)]
         for kind, ours, theirs in runs:
-            if args.only and kind != args.only:
-                continue
-            label = f"{args.rows} rows" if kind == "sft" else f"{args.pairs} pairs"
-            print(f"{kind.upper()}, SmolLM2-135M-Instruct, {label}, LoRA r16, batch 8, 128 tokens, 1 epoch:")
-            mine = alignflow_side(kind, model, ours, work)
-            print(f"  alignflow train_{kind}  train_runtime {mine[0]:7.1f} s   whole {mine[1]:7.1f} s   "
-                  f"{mine[2]} steps", flush=True)
-            other = swift_side(kind, model, theirs, work)
-            print(f"  ms-swift {'sft' if kind == 'sft' else 'rlhf dpo':10s}  train_runtime {other[0]:7.1f} s   "
-                  f"whole {other[1]:7.1f} s   {other[2]} steps")
-            print(f"  ratio                 train_runtime {mine[0] / other[0]:7.3f}   whole {mine[1] / other[1]:7.3f}"
-                  "   (target <= 1.00)", flush=True)
+            if not args.only or kind == args.only:
+                compare(kind, model, (ours, theirs), work, args)
+
+
+def compare(kind: str, model: Path, data: tuple[Path, Path], work: Path, args) -> None:
+    label = f"{args.rows} rows" if kind == "sft" else f"{args.pairs} pairs"
+    print(f"{kind.upper()}, SmolLM2-135M-Instruct, {label}, LoRA r16, batch 8, 128 tokens, 1 epoch:")
+    names = {"alignflow": f"alignflow train_{kind}", "ms-swift": f"ms-swift {'sft' if kind == 'sft' else 'rlhf dpo'}"}
+    times: dict[str, list[tuple[float, float, int]]] = {"alignflow": [], "ms-swift": []}
+    for run in range(2 * args.repeat):
+        side = ("alignflow", "ms-swift", "ms-swift", "alignflow")[run % 4]  # ABBA: drift hits both alike
+        result = alignflow_side(kind, model, data[0], work, run) if side == "alignflow" else \
+            swift_side(kind, model, data[1], work)
+        times[side].append(result)
+        print(f"  {names[side]:22s} train_runtime {result[0]:7.1f} s   whole {result[1]:7.1f} s   "
+              f"{result[2]} steps", flush=True)
+    ours, theirs = ([sum(r[i] for r in times[s]) for i in (0, 1)] for s in ("alignflow", "ms-swift"))
+    print(f"  ratio (sums)           train_runtime {ours[0] / theirs[0]:7.3f}   whole {ours[1] / theirs[1]:7.3f}"
+          "   (target <= 1.00)", flush=True)
 
 
 if __name__ == "__main__":
