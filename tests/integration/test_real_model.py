@@ -13,7 +13,9 @@ import pytest
 from storage import open_store
 from tests.conftest import ROOT, SMOLLM2, run_cli, write_spec
 
-pytestmark = pytest.mark.slow
+# a guard against a hang, not a time limit: the run takes about 9 minutes alone and 16 beside the other
+# worker, and more on a busier machine (25+ with a third load beside the suite)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 DATA = ROOT / "deployments" / "smollm2"
 
@@ -57,7 +59,7 @@ def tensor_names(folder) -> set[str]:
 def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     spec = write_spec(root / "spec.yaml", spec_text(root / "store"))
-    result = run_cli("run", str(spec))
+    result = run_cli("run", str(spec), timeout=3000)
     yield result, root / "store"
     run_cli("serve", "stop", "smollm2-test")
 
