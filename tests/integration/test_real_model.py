@@ -59,9 +59,10 @@ def tensor_names(folder) -> set[str]:
 def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     spec = write_spec(root / "spec.yaml", spec_text(root / "store"))
-    result = run_cli("run", str(spec), timeout=3000)
-    yield result, root / "store"
-    run_cli("serve", "stop", "smollm2-test")
+    try:
+        yield run_cli("run", str(spec), timeout=3000), root / "store"
+    finally:  # a run cut short may have deployed already: its server must not outlive the module
+        run_cli("serve", "stop", "smollm2-test")
 
 
 def test_the_real_model_trains_and_beats_its_base_through_every_stage(real_run):
