@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("sft", "dpo"))
     parser.add_argument("--repeat", type=int, default=2, help="rounds of one run a side (default 2)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: give at least 1 (rounds of one run a side)")
     swift_env()
     with tempfile.TemporaryDirectory(prefix="bench-swift-") as tmp:
         work = Path(tmp)
