@@ -133,11 +133,14 @@ def alignflow_side(kind: str, model: Path, data: Path, work: Path, run: int = 0)
 
 
 def tokens(model: Path, data: Path, stage, work: Path) -> Path:
-    """The tokenize stage's output for the SFT rows (the loss on the assistant's tokens)."""
+    """The tokenize stage's output for the SFT rows (the loss on the assistant's tokens), made once a
+    benchmark: every alignflow run of it trains on the same file."""
     from tasks.models import load_tokenizer
     from tasks.tokens import tokenize_file
 
     out = work / "tokens.parquet"
+    if out.exists():
+        return out
     tokenize_file(load_tokenizer([str(model)]), data, out, stage.tokenize_config("fail"), work / "quarantine.jsonl")
     return out
 
