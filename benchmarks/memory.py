@@ -371,23 +371,29 @@ def main() -> int:
     started = server.start_server(database=None, port=0)
     env["PREFECT_API_URL"] = started["api_url"]
     log, rows = work / "runs.log", []
+    columns = ["model", "stage", "process", "estimate GiB", "measured GiB", "ratio"]
+
+    def add(found: list[dict]) -> None:  # each model's rows as soon as it is done: a long run cut short keeps them
+        rows.extend(found)
+        print(format_table(found, columns), file=sys.stderr, flush=True)
+
     try:
         if not args.only_smol:
             demo = work / "demo.yaml"
             demo.write_text((ROOT / "deployments/demo.yaml").read_text().replace(".alignflow/store",
                                                                                  str(work / "store-demo")))
-            rows += run_model("tiny", demo, env, log)
+            add(run_model("tiny", demo, env, log))
         if args.smol:
             spec = work / "smol.yaml"
             spec.write_text(smol_spec(args.smol, smol_data(args.smol, work / "smol-data"), work / "store-smol"))
-            rows += run_model("smol", spec, env, log)
-            rows += sft_variants(work, env)
+            add(run_model("smol", spec, env, log))
+            add(sft_variants(work, env))
     finally:
         from alignflow.processes import stop_group
         import signal
 
         stop_group(started["pid"], signal.SIGTERM)
-    print(format_table(rows, ["model", "stage", "process", "estimate GiB", "measured GiB", "ratio"]))
+    print(format_table(rows, columns))
     print(f"\nruns: {log}; specs and stores: {work}")
     return 0
 
