@@ -2,7 +2,9 @@
 quality check, `quantize_quality`, which compares the primary score before and after.
 
     w8a8              SmoothQuant + GPTQ, int8 weights and activations (vLLM on CPU and GPU)
-    w4a16             GPTQ int4 weights, 16-bit activations (vLLM on GPU; the x86 CPU build lacks the kernel)
+    w4a16             GPTQ int4 weights, 16-bit activations (vLLM on GPU; the x86 CPU build lacks the kernel);
+                      weights in groups of 128, or the largest of 64 and 32 that divides every quantized
+                      Linear's input width (SmolLM2-135M is 576 wide), else one scale per output row
     int8_weight_only  GPTQ int8 weights, 16-bit activations (vLLM on GPU; its CPU kernel takes int4 only)
     fp8               FP8 weights and dynamic per-token FP8 activations, no calibration (vLLM on GPU and,
                       by vLLM 0.32's fallback, on CPU)
@@ -33,7 +35,8 @@ class QuantizeStage(StageConfig):
 
     method: Literal["w8a8", "w4a16", "int8_weight_only", "fp8", "none"] = Field(
         "w8a8", description="w8a8: SmoothQuant + GPTQ int8 weights and activations; w4a16: GPTQ int4 weights; "
-                            "int8_weight_only: GPTQ int8 weights; fp8: FP8 weights and activations (no "
+                            "int8_weight_only: GPTQ int8 weights (both in groups of 128 weights, or of 64 or 32 "
+                            "where 128 does not divide the model's widths); fp8: FP8 weights and activations (no "
                             "calibration); none: skip")
     calibration_samples: int = Field(64, ge=1, le=100000, description="rows of the SFT data used to calibrate")
     max_length: int = Field(512, ge=8, le=1048576, description="calibration sequence length in tokens")
@@ -57,18 +60,41 @@ class QuantizeStage(StageConfig):
                 f"{', '.join(SERVABLE[target])} (or target: gpu to export for GPU serving elsewhere)"]
 
 
-def recipe(method: str) -> list:
+GROUP_SIZES = (128, 64, 32)  # of the weight-only schemes, largest first; all three run on vLLM's GPU kernels
+
+
+def group_size(columns: set[int]) -> int | None:
+    """The largest group size that divides every quantized Linear's input width, None for one scale per
+    output channel. The schemes' own 128 does not divide every model: SmolLM2-135M is 576 wide, and
+    llm-compressor refuses a group that straddles rows."""
+    return next((size for size in GROUP_SIZES if all(width % size == 0 for width in columns)), None)
+
+
+def recipe(method: str, columns: set[int] = frozenset()) -> list:
+    """llm-compressor's modifiers for `method`; `columns`: the input widths of the Linears it quantizes."""
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
     if method == "fp8":
         return [QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])]
     if method in ("w4a16", "int8_weight_only"):
-        scheme = "W4A16" if method == "w4a16" else "W8A16"
-        return [GPTQModifier(targets="Linear", scheme=scheme, ignore=["lm_head"])]
+        from compressed_tensors.quantization import QuantizationArgs, preset_name_to_scheme
+
+        scheme = preset_name_to_scheme("W4A16" if method == "w4a16" else "W8A16", ["Linear"])
+        size = group_size(columns)
+        weights = {**scheme.weights.model_dump(), "group_size": size, "strategy": "group" if size else "channel"}
+        scheme = scheme.model_copy(update={"weights": QuantizationArgs(**weights)})
+        return [GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])]
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
     return [SmoothQuantModifier(smoothing_strength=0.8),
             GPTQModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"])]
+
+
+def quantized_widths(lm) -> set[int]:
+    """The input widths of the Linears the recipes quantize (every one but the LM head)."""
+    import torch
+
+    return {m.in_features for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
 
 
 def weights_mb(folder: Path) -> float:
@@ -97,13 +123,18 @@ def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, conf
     # llm-compressor logs every module it touches through loguru, which the stage's redirect misses
     configure_logger(LoggerConfig(console_log_level=None, log_file=str(log_file), log_file_level="INFO"))
     # no shuffling: its sampler is unseeded, and the order changes GPTQ's sums (so the bytes, so the digest)
-    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method),
+    columns = quantized_widths(lm)
+    if config.method in ("w4a16", "int8_weight_only"):
+        get_run_logger().info("quantize: weight groups of %s (input widths %s)",
+                              group_size(columns) or "a whole row", sorted(columns))
+    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method, columns),
             max_seq_length=config.max_length, num_calibration_samples=len(texts), shuffle_calibration_samples=False)
     lm.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
+    grouped = {"group_size": group_size(columns) or "channel"} if config.method in ("w4a16", "int8_weight_only") else {}
     return publish(run, "quantized", "model", out, stage="quantize", config=config,
                    inputs={"model": model, "calibration": calibration}, libraries=LIBRARIES,
-                   metadata={"quantization": config.method},
+                   metadata={"quantization": config.method, **grouped},
                    metrics={"weights_mb": weights_mb(out), "weights_mb_before": weights_mb(src)})
 
 

@@ -34,3 +34,42 @@ def test_a_larger_loss_fails_naming_both_scores_and_the_limit():
     with pytest.raises(StageError, match=r"w8a8 lost 0\.005 of qa exact_match \(0\.985 unquantized -> 0\.980 "
                                          r"quantized\), more than max_quality_drop 0\.003"):
         check(0.985, 0.980, 0.0025)
+
+
+def test_weight_groups_divide_every_width_or_fall_back_to_one_scale_a_row():
+    from tasks.quantize import group_size
+
+    assert group_size({576, 1536}) == 64  # SmolLM2-135M: 128 does not divide its 576
+    assert group_size({4096, 14336}) == 128  # Llama-3.1-8B keeps the schemes' own 128
+    assert group_size({96, 160}) == 32
+    assert group_size({576, 100}) is None
+
+
+def test_w4a16_quantizes_a_model_whose_width_128_does_not_divide(tmp_path):
+    """llm-compressor refuses groups of 128 on a 96-wide model (columns % group_size): the recipe picks 32."""
+    import json
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tasks.builtin.tiny_model import build_tokenizer
+    from tasks.quantize import quantized_widths, recipe
+
+    build_tokenizer(tmp_path / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=160,
+                                      num_hidden_layers=1, num_attention_heads=3, num_key_value_heads=1,
+                                      tie_word_embeddings=True))
+    lm.save_pretrained(tmp_path / "model")  # llm-compressor checks what the model was loaded from
+    lm = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    samples = Dataset.from_dict({"input_ids": [[(i * 7 + j) % 64 for j in range(16)] for i in range(4)],
+                                 "attention_mask": [[1] * 16 for _ in range(4)]})
+    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe("w4a16", quantized_widths(lm)),
+            max_seq_length=16, num_calibration_samples=4, shuffle_calibration_samples=False)
+    lm.save_pretrained(tmp_path / "out", save_compressed=True)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    weights = config["quantization_config"]["config_groups"]["group_0"]
+    assert (weights["weights"]["num_bits"], weights["weights"]["group_size"]) == (4, 32)
