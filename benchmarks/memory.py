@@ -15,8 +15,8 @@ max_length, so there the estimates are upper bounds. Then train_sft's child reci
 shapes on the SmolLM2 run's tokens (no dropout, half the batch, gradient checkpointing, full fine-tuning),
 its peak from wait4.
 
-Prints one table: stage, process, estimate, measured, ratio (estimate / measured); the runs' log and specs
-stay in the work folder. `--gpu-table` prints docs/MEMORY.md's GPU table from the formulas alone.
+Prints one table: stage, process, estimate, measured, ratio (estimate / measured), and each model's part of
+it on stderr as soon as that model is done; the runs' log and specs stay in the work folder. `--gpu-table` prints docs/MEMORY.md's GPU table from the formulas alone.
 """
 
 from __future__ import annotations

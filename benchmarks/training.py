@@ -51,14 +51,14 @@ peft_config = None
 if job["lora"]:
     from peft import LoraConfig
     peft_config = LoraConfig(**job["lora"], task_type="CAUSAL_LM")
-trainer = SFTTrainer(model=model, args=args, train_dataset=load_dataset("parquet", data_files=job["data"], split="train"),
-                     processing_class=tokenizer, peft_config=peft_config)
+data = load_dataset("parquet", data_files=job["data"], split="train")
+trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
 trainer.train()
 trainer.save_model(job["out"] + "/output")
 '''
 TINY = {"tuner": "full", "learning_rate": 3.0e-3, "batch_size": 16, "max_length": 64}
-REAL = {"tuner": "lora", "learning_rate": 1.0e-4, "batch_size": 8, "max_length": 128,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}}  # the stage's defaults
+REAL = {"tuner": "lora", "learning_rate": 1.0e-4, "batch_size": 8, "max_length": 128,  # benchmarks/swift.py's
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}}  # the stage's adapter
 
 
 def overhead(work: Path, epochs: float, rows: int, model: Path | None = None, repeat: int = 1) -> None:
@@ -67,28 +67,26 @@ def overhead(work: Path, epochs: float, rows: int, model: Path | None = None, re
     work.mkdir(parents=True)
     settings = REAL if model else TINY
     data = sft_rows(work, rows, model)
-    times: dict[str, list[float]] = {"alignflow": [], "plain": []}
-    runtimes: dict[str, list[float]] = {"alignflow": [], "plain": []}
+    sums = {"alignflow": [0.0, 0.0], "plain": [0.0, 0.0]}  # wall seconds, train_runtime
     for turn in range(2 * repeat):
         side = ("alignflow", "plain", "plain", "alignflow")[turn % 4]
         if side == "alignflow":
             seconds, runtime, steps, base, tokens = alignflow_sft(work / f"run-{turn}", data, model, epochs, settings)
         else:
             seconds, runtime = plain_sft(work / f"plain-{turn}", base, tokens, epochs, settings)
-        times[side].append(seconds)
-        runtimes[side].append(runtime)
+        sums[side][0] += seconds
+        sums[side][1] += runtime
         print(f"  {side:9s} {seconds:7.1f} s   (train_runtime {runtime:.1f} s)", flush=True)
-    ours, plain = sum(times["alignflow"]), sum(times["plain"])
+    (ours, ours_runtime), (plain, plain_runtime) = sums["alignflow"], sums["plain"]
     what = f"{model.name}, LoRA r16" if model else "built-in model, full"
     print(f"SFT, {what}, {rows} rows x {epochs:g} epochs ({steps} steps), {repeat} round(s) a side, sums:")
-    print(f"  alignflow train_sft stage  {ours:7.1f} s   (train_runtime {sum(runtimes['alignflow']):.1f} s)")
-    print(f"  plain TRL script           {plain:7.1f} s   (train_runtime {sum(runtimes['plain']):.1f} s)")
+    print(f"  alignflow train_sft stage  {ours:7.1f} s   (train_runtime {ours_runtime:.1f} s)")
+    print(f"  plain TRL script           {plain:7.1f} s   (train_runtime {plain_runtime:.1f} s)")
     print(f"  ratio                      {ours / plain:7.3f}   (target <= {1.02 if model else 1.05})")
 
 
 def sft_rows(work: Path, rows: int, model: Path | None) -> Path:
     """The built-in task's rows, or for a real model the real-model demo's people (benchmarks/swift.py's)."""
-    data = work / "sft.jsonl"
     if model:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from swift import make_data
@@ -96,6 +94,7 @@ def sft_rows(work: Path, rows: int, model: Path | None) -> Path:
         return make_data(work, rows, 0, model)[0]
     from tasks.builtin import reverse_task
 
+    data = work / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in reverse_task.splits()["sft"][:rows]))
     return data
 
@@ -238,7 +237,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--packing-rows", type=int, default=4000)
     parser.add_argument("--only", choices=("overhead", "packing"))
-    parser.add_argument("--model", type=Path, help="a real model's folder (e.g. SmolLM2 as benchmarks/memory.py "
+    parser.add_argument("--model", type=Path, help="a real model's folder (e.g. SmolLM2 as docs/MEMORY.md "
                                                    "makes it): LoRA SFT on the real-model demo's rows")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of one run a side, taking turns (A B B A)")
     args = parser.parse_args()

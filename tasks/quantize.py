@@ -28,6 +28,7 @@ from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
 SERVABLE = {"cpu": ("w8a8", "fp8"), "gpu": ("w8a8", "w4a16", "int8_weight_only", "fp8")}  # vLLM's kernels
+WEIGHT_ONLY = {"w4a16": "W4A16", "int8_weight_only": "W8A16"}  # method: compressed-tensors' preset scheme
 
 
 class QuantizeStage(StageConfig):
@@ -70,18 +71,18 @@ def group_size(columns: set[int]) -> int | None:
     return next((size for size in GROUP_SIZES if all(width % size == 0 for width in columns)), None)
 
 
-def recipe(method: str, columns: set[int] = frozenset()) -> list:
-    """llm-compressor's modifiers for `method`; `columns`: the input widths of the Linears it quantizes."""
+def recipe(method: str, group: int | None = 128) -> list:
+    """llm-compressor's modifiers for `method`; `group`: weights per scale of the weight-only methods (None:
+    one scale per output row)."""
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
     if method == "fp8":
         return [QuantizationModifier(targets="Linear", scheme="FP8_DYNAMIC", ignore=["lm_head"])]
-    if method in ("w4a16", "int8_weight_only"):
+    if method in WEIGHT_ONLY:
         from compressed_tensors.quantization import QuantizationArgs, preset_name_to_scheme
 
-        scheme = preset_name_to_scheme("W4A16" if method == "w4a16" else "W8A16", ["Linear"])
-        size = group_size(columns)
-        weights = {**scheme.weights.model_dump(), "group_size": size, "strategy": "group" if size else "channel"}
+        scheme = preset_name_to_scheme(WEIGHT_ONLY[method], ["Linear"])
+        weights = {**scheme.weights.model_dump(), "group_size": group, "strategy": "group" if group else "channel"}
         scheme = scheme.model_copy(update={"weights": QuantizationArgs(**weights)})
         return [GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])]
     from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
@@ -95,6 +96,16 @@ def quantized_widths(lm) -> set[int]:
     import torch
 
     return {m.in_features for name, m in lm.named_modules() if isinstance(m, torch.nn.Linear) and name != "lm_head"}
+
+
+def weight_groups(lm, method: str, logger) -> tuple[int | None, dict]:
+    """(the group size for `method`'s recipe, what the artifact records of it): weight-only methods only."""
+    if method not in WEIGHT_ONLY:
+        return None, {}
+    columns = quantized_widths(lm)
+    group = group_size(columns)
+    logger.info("quantize: weight groups of %s (input widths %s)", group or "a whole row", sorted(columns))
+    return group, {"group_size": group or "channel"}
 
 
 def weights_mb(folder: Path) -> float:
@@ -122,19 +133,15 @@ def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, conf
                           len(texts), log_file)
     # llm-compressor logs every module it touches through loguru, which the stage's redirect misses
     configure_logger(LoggerConfig(console_log_level=None, log_file=str(log_file), log_file_level="INFO"))
+    group, grouping = weight_groups(lm, config.method, get_run_logger())
     # no shuffling: its sampler is unseeded, and the order changes GPTQ's sums (so the bytes, so the digest)
-    columns = quantized_widths(lm)
-    if config.method in ("w4a16", "int8_weight_only"):
-        get_run_logger().info("quantize: weight groups of %s (input widths %s)",
-                              group_size(columns) or "a whole row", sorted(columns))
-    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method, columns),
+    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe(config.method, group),
             max_seq_length=config.max_length, num_calibration_samples=len(texts), shuffle_calibration_samples=False)
     lm.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
-    grouped = {"group_size": group_size(columns) or "channel"} if config.method in ("w4a16", "int8_weight_only") else {}
     return publish(run, "quantized", "model", out, stage="quantize", config=config,
                    inputs={"model": model, "calibration": calibration}, libraries=LIBRARIES,
-                   metadata={"quantization": config.method, **grouped},
+                   metadata={"quantization": config.method, **grouping},
                    metrics={"weights_mb": weights_mb(out), "weights_mb_before": weights_mb(src)})
 
 

@@ -48,6 +48,7 @@ def test_weight_groups_divide_every_width_or_fall_back_to_one_scale_a_row():
 def test_w4a16_quantizes_a_model_whose_width_128_does_not_divide(tmp_path):
     """llm-compressor refuses groups of 128 on a 96-wide model (columns % group_size): the recipe picks 32."""
     import json
+    import logging
 
     import torch
     from datasets import Dataset
@@ -55,7 +56,7 @@ def test_w4a16_quantizes_a_model_whose_width_128_does_not_divide(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from tasks.builtin.tiny_model import build_tokenizer
-    from tasks.quantize import quantized_widths, recipe
+    from tasks.quantize import recipe, weight_groups
 
     build_tokenizer(tmp_path / "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
@@ -65,10 +66,13 @@ def test_w4a16_quantizes_a_model_whose_width_128_does_not_divide(tmp_path):
                                       tie_word_embeddings=True))
     lm.save_pretrained(tmp_path / "model")  # llm-compressor checks what the model was loaded from
     lm = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    group, recorded = weight_groups(lm, "w4a16", logging.getLogger("test"))
+    assert (group, recorded) == (32, {"group_size": 32})
+    assert weight_groups(lm, "w8a8", logging.getLogger("test")) == (None, {})  # not weight-only: no groups
     samples = Dataset.from_dict({"input_ids": [[(i * 7 + j) % 64 for j in range(16)] for i in range(4)],
                                  "attention_mask": [[1] * 16 for _ in range(4)]})
-    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe("w4a16", quantized_widths(lm)),
-            max_seq_length=16, num_calibration_samples=4, shuffle_calibration_samples=False)
+    oneshot(model=lm, tokenizer=tokenizer, dataset=samples, recipe=recipe("w4a16", group), max_seq_length=16,
+            num_calibration_samples=4, shuffle_calibration_samples=False)
     lm.save_pretrained(tmp_path / "out", save_compressed=True)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     weights = config["quantization_config"]["config_groups"]["group_0"]
