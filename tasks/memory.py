@@ -31,7 +31,9 @@ size, a attention heads, kv key/value width (kv heads x head dim), V vocabulary,
                  holds; on CPU the process holds 1.75x (LoRA) or 1.2x (full) the saved tensors, and 0.35 of
                  that with checkpointing (CPU_RESIDENT, measured: glibc's malloc keeps freed temporaries)
     logits       TRL 1.16's SFT, DPO, KTO and GRPO trainers use a fused LM head that never holds the n x V
-                 logits: k tiles of min(n, 4096) x min(V, 32768) x f (k = 8 on CPU, measured; 2 on a GPU),
+                 logits: k tiles of min(n, 4096) x min(V, 32768) x f (k = 8 on CPU, measured; 2 on a GPU);
+                 on a CPU in float32, tasks.lm_head's: the log-probabilities kept for the backward,
+                 4*min(n*V, 2^28), and 3 chunks of 4*min(n*V, 2^25) logits,
                  the float32 gradient of the last hidden states (4*n*h) and, when the head trains, of the
                  head (4*V*h). ORPO and CPO hold the full logits: 3 copies of n*V*4 (logits, log-softmax,
                  gradient). The reward model's head has one output: nothing to count
@@ -76,6 +78,9 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl/kernels/chunked_logprob.py: TOKEN_CH
 # logits tiles alive at once in the fused LM head's backward: on CPU its torch fallback holds the tile, its
 # scaled copy, log-probabilities, probabilities, the gradient and temporaries (measured: 8); Triton works in place
 FUSED_TILES = {"cpu": 8, "cuda": 2}
+# chunks of logits alive at once in tasks.lm_head (a CPU in float32), beside the log-probabilities it keeps:
+# the logits, their log-softmax and softmax (for the entropy) in the forward; probabilities and gradient after
+LEAN_CHUNKS = 3
 # resident / saved activations on CPU, measured with SmolLM2-135M (benchmarks/memory.py): glibc's malloc keeps
 # each layer's freed temporaries (LoRA adds three output-sized ones per adapted Linear), and with gradient
 # checkpointing the resident memory is 0.35 of that, not the 1/L the saved tensors shrink by. 1 on a GPU.
@@ -358,8 +363,15 @@ def resident_activations(shape: Shape, tokens: int, seq: int, f: int, checkpoint
 
 
 def fused_logits_bytes(shape: Shape, tokens: int, f: int, head_trained: bool, device: str = "cpu") -> int:
-    """TRL's fused LM head: tiles of the logits, the float32 gradients of the hidden states (and of the head)."""
-    tiles = FUSED_TILES[device] * min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * f
+    """TRL's fused LM head: tiles of the logits (on a CPU in float32, tasks.lm_head's chunks and the
+    log-probabilities it keeps for the backward), the float32 gradients of the hidden states (and of the head)."""
+    from tasks.lm_head import CHUNK_ELEMENTS, SAVED_ELEMENTS
+
+    logits = tokens * shape.vocab
+    if device == "cpu" and f == 4:
+        tiles = 4 * (min(logits, SAVED_ELEMENTS) + LEAN_CHUNKS * min(logits, CHUNK_ELEMENTS))
+    else:
+        tiles = FUSED_TILES[device] * min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * f
     return tiles + 4 * tokens * shape.hidden + (4 * shape.vocab * shape.hidden if head_trained else 0)
 
 

@@ -33,7 +33,7 @@ from alignflow.errors import AlignflowError, ConfigError, DataError, StageError,
 from alignflow.processes import free_port, owned_group, stop_group
 from alignflow.secrets import child_env
 from storage.store import default_cache_dir
-from tasks import report
+from tasks import lm_head, report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
 from tasks.config import StageConfig
 
@@ -510,19 +510,6 @@ def describe_failure(exc: Exception) -> dict:
     return {"type": "StageError", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def score_labelled_positions_only() -> None:
-    """TRL's fused LM head (SFT, DPO and the other trainers' log-probabilities) projects only the positions
-    whose next token carries a label, but on CUDA and XPU alone: elsewhere it projects every position, the
-    prompt's and the padding's too, so that compiled devices (Neuron) see fixed tile shapes. Nothing is
-    compiled on a CPU, and there the LM head of a large vocabulary (SmolLM2: 49k x 576) is a large share of
-    a step while labels cover a fraction of the positions; project only those there too. The kernels keep
-    their own choice of Triton or torch (trl.kernels.chunked_logprob reads its own name)."""
-    import trl.trainer.utils as fused
-
-    on_gpu = fused._use_triton
-    fused._use_triton = lambda device: device.type == "cpu" or on_gpu(device)
-
-
 def join_deepspeed(job: dict) -> None:
     """On a CPU host, DeepSpeed would pick Intel's oneCCL for its collectives; start it on gloo instead."""
     import torch
@@ -541,7 +528,7 @@ def main(job_path: str) -> int:
         from transformers import set_seed
 
         join_deepspeed(job)
-        score_labelled_positions_only()
+        lm_head.install()
         set_seed(SEED)  # before any model is built: a new head (the reward model's) starts the same everywhere
         module = importlib.import_module(f"tasks.{job['stage_module']}")
         metrics = module.run_training(job)

@@ -139,7 +139,11 @@ def test_resident_activations_on_cpu_and_saved_ones_on_a_gpu():
 def test_logits_fused_for_sft_and_dpo_but_whole_for_orpo():
     n = 16 * 256
     fused = memory.fused_logits_bytes(SMOL, n, 4, head_trained=False)
-    assert fused == 8 * 4096 * 32768 * 4 + 4 * n * 576  # tiles (8 on CPU), never n x V
+    # a CPU in float32 (tasks.lm_head): the log-probabilities kept, at most 2^28, and 3 chunks of 2^25 logits
+    assert fused == 4 * (min(n * 49152, 2**28) + 3 * 2**25) + 4 * n * 576
+    assert memory.fused_logits_bytes(SMOL, 100, 4, False) == 4 * 4 * 100 * 49152 + 4 * 100 * 576
+    # TRL's kernel: tiles, never n x V (8 on a CPU in bfloat16, 2 on a GPU)
+    assert memory.fused_logits_bytes(SMOL, n, 2, False) == 8 * 4096 * 32768 * 2 + 4 * n * 576
     assert memory.fused_logits_bytes(SMOL, n, 2, False, "cuda") == 2 * 4096 * 32768 * 2 + 4 * n * 576
     assert memory.full_logits_bytes(SMOL, n) == 3 * n * 49152 * 4
     assert memory.logits_bytes("train_orpo", SMOL, n, 4, False) == memory.full_logits_bytes(SMOL, n)
