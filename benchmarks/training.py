@@ -1,7 +1,7 @@
 """Training through alignflow, measured beside plain TRL in the same run.
 
     .venv/bin/python benchmarks/training.py [--epochs 12] [--rows 3000]
-    .venv/bin/python benchmarks/training.py --model /tmp/smol-hf --rows 320 --epochs 1.6 --repeat 2 \
+    .venv/bin/python benchmarks/training.py --model /tmp/smol-hf --rows 320 --epochs 3 --repeat 2 \
         --packing-rows 200                                  # a real model (SmolLM2, LoRA): see below
 
 1. Orchestration overhead: the `train_sft` stage as a flow runs it (store download of its inputs, a child

@@ -25,6 +25,8 @@ def install() -> None:
     """Patch TRL's fused LM head in this process (the trainer child calls it before building a trainer)."""
     import trl.trainer.utils as fused
 
+    if isinstance(fused._ChunkedLogProbFunction, Dispatch):
+        return
     on_gpu = fused._use_triton
     fused._use_triton = lambda device: device.type == "cpu" or on_gpu(device)
     fused._ChunkedLogProbFunction = Dispatch(fused._ChunkedLogProbFunction)
