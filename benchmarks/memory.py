@@ -16,7 +16,8 @@ shapes on the SmolLM2 run's tokens (no dropout, half the batch, gradient checkpo
 its peak from wait4.
 
 Prints one table: stage, process, estimate, measured, ratio (estimate / measured), and each model's part of
-it on stderr as soon as that model is done; the runs' log and specs stay in the work folder. `--gpu-table` prints docs/MEMORY.md's GPU table from the formulas alone.
+it on stderr as soon as that model is done; the runs' log and specs stay in the work folder. `--gpu-table`
+prints docs/MEMORY.md's GPU table from the formulas alone.
 """
 
 from __future__ import annotations
