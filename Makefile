@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # time is one process importing libraries or waiting on a server, so two at once keep both cores busy
 PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: setup demo demo-real test test-quick bench screenshots clean
+.PHONY: setup demo demo-real test test-quick bench docs screenshots clean
 setup: .venv/.stamp .venv-serve/.stamp
 
 .venv/.stamp: constraints/pipeline.txt pyproject.toml
@@ -46,6 +46,12 @@ test-quick: setup
 bench: setup
 	.venv/bin/python benchmarks/pipeline_cache.py
 	.venv/bin/python benchmarks/service.py
+
+# the generated parts of docs/CONFIG.md (from the spec's models) and docs/DATA.md (from tasks/formats.py);
+# tests/flows/test_config_docs.py and test_data_docs.py fail while either is stale
+docs: setup
+	.venv/bin/python -m flows.config_docs --write docs/CONFIG.md
+	.venv/bin/python -m flows.data_docs --write docs/DATA.md
 
 # docs/images/*.png for docs/OPERATIONS.md; needs Debian's chromium (apt-get install chromium)
 screenshots: setup

@@ -1,7 +1,9 @@
 """docs/CONFIG.md's field tables, generated from the spec's models (their defaults, ranges and help text),
-so the documentation cannot drift from the code: a test compares them.
+so the documentation cannot drift from the code: a test compares them. docs/DATA.md's format table is made
+the same way, by flows/data_docs.py. `make docs` refreshes both; one at a time:
 
     .venv/bin/python -m flows.config_docs --write docs/CONFIG.md    # refresh the generated part
+    .venv/bin/python -m flows.data_docs --write docs/DATA.md
 """
 
 from __future__ import annotations
@@ -72,14 +74,25 @@ def render() -> str:
     return "\n".join(out + [END])
 
 
-def write(path: Path) -> None:
+def generated_part(text: str, begin: str = BEGIN) -> str:
+    """The part of a document between `begin` and the next END marker, both markers included."""
+    start = text.index(begin)
+    return text[start:text.index(END, start) + len(END)]
+
+
+def write(path: Path, begin: str = BEGIN, generated: str | None = None) -> None:
+    """Replace the generated part of `path` (between `begin` and END) with `generated`, by default `render()`."""
     text = path.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    path.write_text(text[:start] + render() + text[end:])
+    path.write_text(text.replace(generated_part(text, begin), render() if generated is None else generated, 1))
+
+
+def main(argv: list[str], begin: str, make) -> None:
+    """`--write PATH` refreshes the generated part of PATH with `make()`; without arguments it is printed."""
+    if argv[:1] == ["--write"]:
+        write(Path(argv[1]), begin, make())
+    else:
+        print(make())
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--write"]:
-        write(Path(sys.argv[2]))
-    else:
-        print(render())
+    main(sys.argv[1:], BEGIN, render)

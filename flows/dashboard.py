@@ -11,6 +11,7 @@ import json
 import shlex
 
 from storage import ArtifactRef
+from tasks.config import StageConfig
 
 
 def stage_markdown(row: dict, inputs: list[ArtifactRef], config, result, log_file: str | None = None) -> str:
@@ -87,11 +88,17 @@ def flow_run_name() -> str:
     return f"{name} · new data {params['dataset']}" if params.get("dataset") else f"{name} · starting"
 
 
+def stage_inputs(args: tuple) -> tuple[list[ArtifactRef], StageConfig | None]:
+    """The artifacts a stage was given and its config, read off its arguments for its dashboard card."""
+    refs = [a for a in args if isinstance(a, ArtifactRef)]
+    config = next((a for a in args if isinstance(a, StageConfig)), None)
+    return refs, config
+
+
 def show_stage(spec, row: dict, args: tuple, result) -> None:
     """The stage's markdown card on the flow run (key `<pipeline>-<stage>`, so each keeps a history)."""
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.summary import stage_inputs
     from tasks.report import artifact_key
     from tasks.stage import RunContext
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from alignflow.errors import ConfigError, DataError, SourceError, UsageError
 from storage import ArtifactRef
-from tasks.config import StageConfig
 from tasks.stage import DECLARATIONS
 
 INPUT_ERRORS = (ConfigError, DataError, SourceError, UsageError)  # bad input: nothing of the failure is kept
@@ -50,13 +49,14 @@ class Steps:
 
     def run(self, task, *args, label: str | None = None):
         """Call a stage task with the spec's retry policy; record ran/cached, duration and output."""
+        from prefect.tasks import exponential_backoff
+
         from flows import dashboard
 
         label = label or task.name
         retry = self.spec.retry
         options: dict[str, Any] = dict(retries=retry.retries,
-                                       retry_delay_seconds=[retry.delay_seconds * 2**i for i in range(retry.retries)]
-                                       or 0)
+                                       retry_delay_seconds=exponential_backoff(retry.delay_seconds))
         if self.result_storage is not None:
             options["result_storage"] = self.result_storage
         started, state = time.monotonic(), None
@@ -113,13 +113,6 @@ def _quietly(fn, *args) -> None:
         from prefect import get_run_logger
 
         get_run_logger().warning("could not update the dashboard (%s): %s", fn.__name__, exc)
-
-
-def stage_inputs(args: tuple) -> tuple[list[ArtifactRef], StageConfig | None]:
-    """The artifacts a stage was given and its config, read off its arguments for its dashboard card."""
-    refs = [a for a in args if isinstance(a, ArtifactRef)]
-    config = next((a for a in args if isinstance(a, StageConfig)), None)
-    return refs, config
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

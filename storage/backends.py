@@ -144,16 +144,3 @@ class LocalBackend:
         with open(path.with_name(f".tmp-{path.name}.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
-
-
-def backend_for(location: str, credentials_block: str | None = None) -> Backend:
-    """`s3://bucket/prefix` (credentials from the environment or the named Prefect block) or a folder."""
-    if location.startswith("s3://"):
-        from storage.s3 import S3Backend
-
-        return S3Backend(location, credentials_block=credentials_block)
-    if "://" in location:
-        from alignflow.errors import ConfigError
-
-        raise ConfigError(f"store {location!r}: use a local folder or s3://bucket/prefix", "store")
-    return LocalBackend(location)

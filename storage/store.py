@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from alignflow.errors import ArtifactNotFound, ConflictError, StorageError
-from storage.backends import Backend, ObjectNotFound, backend_for
+from alignflow.errors import ArtifactNotFound, ConfigError, ConflictError, StorageError
+from storage.backends import Backend, LocalBackend, ObjectNotFound
 from storage.refs import ArtifactRef
 
 CHUNK = 8 * 1024 * 1024
@@ -363,6 +363,17 @@ class ArtifactStore:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ALIGNFLOW_CACHE", Path.home() / ".cache" / "alignflow"))
+
+
+def backend_for(location: str, credentials_block: str | None = None) -> Backend:
+    """`s3://bucket/prefix` (credentials from the environment or the named Prefect block) or a folder."""
+    if location.startswith("s3://"):
+        from storage.s3 import S3Backend
+
+        return S3Backend(location, credentials_block=credentials_block)
+    if "://" in location:
+        raise ConfigError(f"store {location!r}: use a local folder or s3://bucket/prefix", "store")
+    return LocalBackend(location)
 
 
 def open_store(location: str, cache_dir: str | Path | None = None,

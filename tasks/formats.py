@@ -40,6 +40,7 @@ class Format:
     fields: str  # what a user sees in `data inspect` and in errors
     detect: Callable[[dict], bool]
     convert: Callable[[dict], dict]
+    description: str  # markdown: where the layout comes from and how its fields are read (docs/DATA.md's table)
 
 
 # ---- messages ------------------------------------------------------------------------------------
@@ -431,28 +432,46 @@ def _is_choice(row: dict) -> bool:
 
 
 FORMATS = [
-    Format("messages", "sft", "messages[, tools]", _has("messages"), sft_messages),
-    Format("sharegpt", "sft", "conversations (from/value)[, system, tools]", _has("conversations"), sft_sharegpt),
+    Format("messages", "sft", "messages[, tools]", _has("messages"), sft_messages,
+           description="OpenAI chat messages: roles system, user, assistant and tool; assistant `tool_calls`; "
+                       "function schemas in `tools`"),
+    Format("sharegpt", "sft", "conversations (from/value)[, system, tools]", _has("conversations"), sft_sharegpt,
+           description="ShareGPT and LLaMA-Factory: `{from, value}` turns, `from` one of human, gpt, system, "
+                       "function_call, observation"),
     Format("alpaca", "sft", "instruction/input/output[, system, history]", _has("instruction", "output"),
-           sft_alpaca),
+           sft_alpaca,
+           description="`input` (may be empty) follows the instruction in the user's turn; `history` holds earlier "
+                       "turns as [[query, response], ...]"),
     Format("query-response", "sft", "query/response[, system, history]", _has("query", "response"),
-           _pair("query", "response")),
+           _pair("query", "response"), description="ms-swift's single turn; `history` as in alpaca"),
     Format("prompt-completion", "sft", "prompt/completion", _has("prompt", "completion"),
-           _pair("prompt", "completion")),
-    Format("question-answer", "sft", "question/answer", _has("question", "answer"), _pair("question", "answer")),
-    Format("hh-rlhf", "preference", "chosen/rejected Human:/Assistant: transcripts", _is_hh, pref_hh),
+           _pair("prompt", "completion"), description="one turn: the prompt is the user's, the completion the answer"),
+    Format("question-answer", "sft", "question/answer", _has("question", "answer"), _pair("question", "answer"),
+           description="one turn, as prompt-completion"),
+    Format("hh-rlhf", "preference", "chosen/rejected Human:/Assistant: transcripts", _is_hh, pref_hh,
+           description='Anthropic HH-RLHF: full "\\n\\nHuman: ... \\n\\nAssistant: ..." transcripts; the shared '
+                       "turns are the prompt"),
     Format("ultrafeedback", "preference", "instruction + rated completions", _has("instruction", "completions"),
-           pref_ultrafeedback),
+           pref_ultrafeedback,
+           description="UltraFeedback: completions rated by `overall_score` or their annotations' ratings; the best "
+                       "against the worst, ties skipped and counted"),
     Format("swift-rejected", "preference", "messages + rejected_response", _has("messages", "rejected_response"),
-           pref_swift),
+           pref_swift, description="ms-swift: `messages` end with the chosen answer, `rejected_response` is the other"),
     Format("pairwise", "preference", "[prompt/]chosen/rejected (strings or conversations)",
-           _has("chosen", "rejected"), pref_pairwise),
-    Format("unpaired", "preference", "prompt/completion/label: one answer judged good or bad (KTO)",
-           _has("prompt", "completion", "label"), pref_unpaired),
-    Format("multiple-choice", "eval", "question, A/B/C/D (or options), answer letter", _is_choice, eval_choice),
+           _has("chosen", "rejected"), pref_pairwise,
+           description="TRL: strings or message lists; without `prompt` (or with one repeated inside full "
+                       "conversations, as UltraFeedback binarized has) the shared turns are the prompt"),
+    Format("unpaired", "preference", "prompt/completion/label", _has("prompt", "completion", "label"), pref_unpaired,
+           description="KTO's unpaired feedback: one answer judged good or bad (a thumbs up or down); `label` is "
+                       "true/false, 1/0, good/bad or yes/no"),
+    Format("multiple-choice", "eval", "question, A/B/C/D (or options), answer letter", _is_choice, eval_choice,
+           description="CEval, CMMLU (capitalized keys), MMLU: 2 to 10 options `A`, `B`, ... or an "
+                       "`options`/`choices` list; the answer as a letter or an index"),
     Format("qa", "eval", "question/answer (or any SFT format)",
            lambda row: any(_has(q, a)(row) for q, a in QA_FIELDS) or "messages" in row or "conversations" in row,
-           eval_qa),
+           eval_qa,
+           description="also query/response, prompt/completion or instruction/output, with an optional `system`; "
+                       "from an SFT conversation, the last user turn and the last answer"),
 ]
 BY_NAME = {(f.kind, f.name): f for f in FORMATS}
 
