@@ -317,7 +317,7 @@ def percentiles(values: list[int | float]) -> dict:
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-@stage("convert_dataset", key_metric="rows", uses=("tasks.formats", "tasks.readers", "tasks.sources"))
+@stage("convert_dataset", key_metric="rows")
 def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fingerprints: list[str],
                     raws: list[Optional[ArtifactRef]], rules: ConvertRules) -> ArtifactRef:
     """`fingerprints`: each source's content identity (keys the cache for sources outside the store);

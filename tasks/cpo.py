@@ -37,7 +37,7 @@ class CPOStage(PolicyStage):
 
 
 @stage("train_cpo", config=CPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
-       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       libraries=LIBRARIES, accelerator=True)
 def train_cpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: CPOStage) -> ArtifactRef:
     return trainer.run_trainer(run, model, data, config, suffix="cpo")
 

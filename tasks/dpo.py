@@ -56,7 +56,7 @@ class DPOStage(PolicyStage):
 
 
 @stage("train_dpo", config=DPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
-       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       libraries=LIBRARIES, accelerator=True)
 def train_dpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: DPOStage) -> ArtifactRef:
     return trainer.run_trainer(run, model, data, config, suffix="dpo")
 

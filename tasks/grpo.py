@@ -63,8 +63,7 @@ class GRPOStage(PolicyStage):
         return (f"data.{self.prompts}",) + (("stages.reward",) if self.rewards.reward_model else ())
 
 
-@stage("train_grpo", config=GRPOStage, key_metric="reward_last_tenth", libraries=LIBRARIES,
-       uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+@stage("train_grpo", config=GRPOStage, key_metric="reward_last_tenth", libraries=LIBRARIES, accelerator=True)
 def train_grpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, reward: Optional[ArtifactRef],
                config: GRPOStage) -> ArtifactRef:
     """`data`: the split the prompts come from; `reward`: the reward model (when its weight is not 0)."""

@@ -30,8 +30,7 @@ class JudgeStage(StageConfig):
     batch_size: int = Field(16, ge=1, le=4096, description="prompts answered, and answers scored, at once")
 
 
-@stage("judge", config=JudgeStage, key_metric="win_rate", libraries=LIBRARIES,
-       uses=("tasks.models", "tasks.sample", "tasks.reward"), accelerator=True)
+@stage("judge", config=JudgeStage, key_metric="win_rate", libraries=LIBRARIES, accelerator=True)
 def judge(run: RunContext, candidate: ArtifactRef, reference: ArtifactRef, reward: ArtifactRef,
           prompts: ArtifactRef, config: JudgeStage) -> ArtifactRef:
     from prefect import get_run_logger

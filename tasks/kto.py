@@ -34,7 +34,7 @@ class KTOStage(PolicyStage):
 
 
 @stage("train_kto", config=KTOStage, needs=("data.preference",), key_metric="train_loss", libraries=LIBRARIES,
-       uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       accelerator=True)
 def train_kto(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: KTOStage) -> ArtifactRef:
     return trainer.run_trainer(run, model, data, config, suffix="kto")
 

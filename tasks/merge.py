@@ -26,7 +26,7 @@ class MergeStage(StageConfig):
                                                               "merged model and base+adapter on eval prompts")
 
 
-@stage("merge", config=MergeStage, key_metric="max_logit_diff", libraries=LIBRARIES, uses=("tasks.models",))
+@stage("merge", config=MergeStage, key_metric="max_logit_diff", libraries=LIBRARIES)
 def merge(run: RunContext, model: ArtifactRef, probe: ArtifactRef, config: MergeStage) -> ArtifactRef:
     import torch
     from peft import PeftModel

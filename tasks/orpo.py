@@ -31,7 +31,7 @@ class ORPOStage(PolicyStage):
 
 
 @stage("train_orpo", config=ORPOStage, needs=("data.preference",), key_metric="rewards_accuracies",
-       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       libraries=LIBRARIES, accelerator=True)
 def train_orpo(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: ORPOStage) -> ArtifactRef:
     return trainer.run_trainer(run, model, data, config, suffix="orpo")
 

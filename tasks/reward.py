@@ -31,7 +31,7 @@ class RewardStage(TrainingStage):
 
 
 @stage("train_reward_model", config=RewardStage, needs=("data.preference",), key_metric="pairwise_accuracy",
-       libraries=LIBRARIES, uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       libraries=LIBRARIES, accelerator=True)
 def train_reward_model(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: RewardStage) -> ArtifactRef:
     return trainer.run_trainer(run, model, data, config, suffix="reward", kind="reward_model",
                                metadata={"max_length": config.max_length}, log=lambda logger, m:

@@ -32,7 +32,7 @@ class ScoreSpec(StageConfig):
     batch_size: int = Field(16, ge=1, le=4096, description="answers scored at once")
 
 
-@stage("score", config=ScoreSpec, key_metric="pairs", libraries=LIBRARIES, uses=("tasks.reward",), accelerator=True)
+@stage("score", config=ScoreSpec, key_metric="pairs", libraries=LIBRARIES, accelerator=True)
 def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: ArtifactRef,
           offline: Optional[ArtifactRef], config: ScoreSpec) -> ArtifactRef:
     """`policy`: the model that was sampled (named in the lineage); `offline`: pairs to add (pairs: mixed)."""

@@ -39,7 +39,7 @@ class SFTStage(TrainingStage):
 
 
 @stage("train_sft", config=SFTStage, needs=("data.sft",), key_metric="train_loss", libraries=LIBRARIES,
-       uses=("tasks.trainer", "tasks.checkpoints", "tasks.models"), accelerator=True)
+       accelerator=True)
 def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
     """`data`: the `tokenize` stage's output for this model's tokenizer."""
     return trainer.run_trainer(run, model, data, config, suffix="sft", data_file="tokens.parquet")

@@ -8,8 +8,12 @@ place, what the rest of alignflow needs to know about it (tasks/config.py: Decla
     def train_sft(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: SFTStage) -> ArtifactRef:
         ...
 
-Its cache key is the hash of: the stage name and source code, the pipeline name, its config, the digests
+Its cache key is the hash of: the stage name and code version, the pipeline name, its config, the digests
 of its input artifacts and the versions of the libraries that shape its result. Never a path or a run id.
+
+The code version is read, not declared: a hash over the code of every project module the stage's module
+reaches (alignflow/imports.py: its imports, at any depth, and the modules its child processes run as
+`python -m ...`), comments and docstrings left out. The stage machinery itself (FRAMEWORK) is left out.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import task
+from prefect.tasks import exponential_backoff
 from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel
 
+from alignflow import imports
 from alignflow.errors import NOT_RETRIED, TRANSIENT, TransientError
 from storage import ArtifactRef, ArtifactStore, open_store
 from tasks.config import Declaration, StageConfig
@@ -132,14 +138,19 @@ class ArtifactCachePolicy(CachePolicy):
     """
 
     stage: str = ""
-    code_version: str = ""
+    modules: tuple[str, ...] = ()  # the stage's module, then any it reaches only dynamically: see code_version
     libraries: tuple[str, ...] = ()
+    root: Path = imports.ROOT  # where the project's sources are
 
     def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        """The key; without a task context (no result store to look in), the first of its sequence."""
         run = next((v for v in inputs.values() if isinstance(v, RunContext)), None)
         if run is None:
             return None
-        base = f"{self.stage}-{stage_fingerprint(self.stage, self.code_version, self.libraries, inputs)}"
+        code = code_version(self.modules, self.root)
+        base = f"{self.stage}-{stage_fingerprint(self.stage, code, self.libraries, inputs)}"
+        if task_ctx is None:
+            return base
         store, results = run.open_store(), task_ctx.result_store
         for attempt in range(100):
             key = f"{base}-{attempt}" if attempt else base
@@ -169,12 +180,29 @@ def maybe_inject_failure(stage: str) -> None:
         raise TransientError(f"{stage}: injected transient failure #{_injected[stage]} (ALIGNFLOW_INJECT_FAILURE)")
 
 
-def code_version(modules: list[str]) -> str:
-    """A hash of the source of the modules that shape a stage's result: editing them reruns the stage."""
-    import importlib
+# Reached by every stage through tasks.stage, and unable to shape a result: the stage machinery (keys,
+# retries, publishing, the config base class, dashboards and logs), the store that keeps results, errors,
+# credentials for child processes, the package's version string and the import scan. Left out of every code
+# version so that editing them does not rerun every stage. tests/tasks/test_cache_key.py checks that this
+# is exactly what tasks.stage reaches (besides the `tasks` package): a new import there is a choice to make.
+FRAMEWORK = frozenset({
+    "alignflow", "alignflow.errors", "alignflow.imports", "alignflow.secrets",
+    "storage", "storage.backends", "storage.refs", "storage.s3", "storage.store",
+    "tasks.config", "tasks.report", "tasks.stage",
+})
 
-    sources = [inspect.getsource(importlib.import_module(m)) for m in sorted(modules)]
-    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+@functools.lru_cache(maxsize=None)
+def code_version(modules: tuple[str, ...], root: Path = imports.ROOT) -> str:
+    """A hash of the code of every project module that `modules` reach (imports.closure), FRAMEWORK left
+    out: editing any of them reruns the stage; a comment or a docstring does not.
+
+    Computed when a key is first needed, once per process: parsing the ~80 modules takes about a third of a
+    second, which importing the flow should not pay."""
+    project = imports.modules(root)
+    reached = set().union(*(imports.closure(module, project) for module in modules)) - FRAMEWORK
+    lines = [f"{name} {imports.digest(name, project)}" for name in sorted(reached)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -235,7 +263,8 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
           key_metric: str | None = None) -> Callable:
     """Make `fn` a retried Prefect task keyed on content (or never cached, for `cached=False`).
 
-    `uses`: modules besides the stage's own whose code shapes its result (e.g. "tasks.trainer").
+    `uses`: project modules the stage reaches only dynamically (by a name built at run time), added to
+    those its module's imports reach (code_version); most stages need none.
     `accelerator`: the stage holds a slot of the run's accelerator concurrency limit while it works.
     `config`, `needs`, `key_metric`: the stage's declaration (tasks/config.py: Declaration); the config class
     learns it too, so the spec checks a stage's needs from its settings alone."""
@@ -245,14 +274,13 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
         config.declaration = declaration
 
     def wrap(fn: Callable) -> Callable:
-        code = code_version([fn.__module__, *uses])
-
+        modules = (fn.__module__, *uses)
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)
         def body(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
-            key = stage_fingerprint(name, code, libraries, bound.arguments)
+            key = stage_fingerprint(name, code_version(modules), libraries, bound.arguments)
             run = next((a for a in bound.arguments.values() if isinstance(a, RunContext)), None)
             token = _current_stage.set((name, key))
             try:
@@ -265,10 +293,10 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
                 shutil.rmtree(stage_workdir(run.cache_dir, name, key), ignore_errors=True)
             return result
 
-        options: dict[str, Any] = dict(name=name, retries=2, retry_delay_seconds=[10, 30],
+        options: dict[str, Any] = dict(name=name, retries=2, retry_delay_seconds=exponential_backoff(10),
                                        retry_jitter_factor=0.5, retry_condition_fn=retry_transient)
         if cached:
-            options.update(cache_policy=ArtifactCachePolicy(stage=name, code_version=code, libraries=libraries),
+            options.update(cache_policy=ArtifactCachePolicy(stage=name, modules=modules, libraries=libraries),
                            persist_result=True)
         else:
             from prefect.cache_policies import NO_CACHE
