@@ -1,8 +1,9 @@
-"""Where alignflow keeps its own state on this machine: one place resolves $ALIGNFLOW_HOME.
+"""Where alignflow keeps its own state on this machine: one place resolves $ALIGNFLOW_HOME, the default
+artifact store and the demo spec.
 
     $ALIGNFLOW_HOME (default ~/.alignflow)
-      serve/      model servers' records and logs (tasks/servers.py)
-      server/     the Prefect server and worker `alignflow server up` started (flows/server.py)
+      serve/      model servers' records and logs (serving/records.py)
+      server/     the Prefect server and worker `alignflow server up` started (alignflow/service/server.py)
       storage/    the local S3 server `alignflow storage up` started (storage/seaweed.py)
 """
 
@@ -12,6 +13,15 @@ import os
 from pathlib import Path
 
 from alignflow.errors import UsageError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SPEC = PROJECT_ROOT / "deployments" / "demo.yaml"  # `alignflow demo`, and `alignflow deploy` without a spec
+STORE = ".alignflow/store"  # the artifact store when neither the spec, --store nor $ALIGNFLOW_STORE names one
+
+
+def default_store() -> str:
+    """Where the artifact commands look without --store: $ALIGNFLOW_STORE, else STORE."""
+    return os.environ.get("ALIGNFLOW_STORE", STORE)
 
 
 def alignflow_home() -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 _owned: set[int] = set()  # process groups of children that must not outlive this process (trainers)
@@ -116,3 +118,55 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def spawn_detached(cmd: list[str], env: dict, log: Path, cwd: Path | str) -> subprocess.Popen:
+    """Start `cmd` in its own session and process group, its output appended to `log`: closing the terminal
+    (or Ctrl-C in it) does not stop it, and `stop_group(proc.pid, ...)` stops it with its children."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, cwd=str(cwd))
+
+
+def wait_ready(proc: subprocess.Popen, ready: Callable[[], bool], what: str, log: Path, timeout: float,
+               exited: type[Exception], timed_out: type[Exception],
+               progress: Callable[[float], None] | None = None) -> None:
+    """Poll `ready()` until it holds. The process exiting first raises `exited`; `timeout` s passing raises
+    `timed_out`; either message ends with the log's last lines. On any failure (Ctrl-C included) the
+    process group is killed, so nothing unrecorded is left running. `progress(seconds)` every 15 s."""
+    import signal
+    import time
+
+    started, told = time.monotonic(), 0.0
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise exited(f"{what} exited with code {proc.returncode} while starting. Last lines of {log}:\n"
+                             f"{tail(log)}")
+            waited = time.monotonic() - started
+            if waited > timeout:
+                raise timed_out(f"{what} did not come up within {timeout:.0f}s; it was stopped. Last lines of "
+                                f"{log}:\n{tail(log)}")
+            if progress and waited - told >= 15:
+                told = waited
+                progress(waited)
+            time.sleep(0.5)
+    except BaseException:
+        stop_group(proc.pid, signal.SIGKILL, timeout=10)
+        proc.poll()
+        raise
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log, for an error message."""
+    if not path.exists():
+        return "(no log yet)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_logged(cmd: list[str], log: Path, env: dict, cwd: Path | str | None = None) -> int:
+    """Run `cmd` (e.g. [sys.executable, "-m", "serving.load_test", job]) to the end, its output in `log`
+    (overwritten); its exit code. The caller reads the result it wrote, or `tail(log)` for the error."""
+    with open(log, "w") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                              cwd=None if cwd is None else str(cwd)).returncode

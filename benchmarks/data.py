@@ -53,7 +53,8 @@ def tokenizer(folder: Path):
 
 def run_alignflow(data: Path, work: Path, tok) -> int:
     from tasks.convert import ConvertRules, DataSource, convert_sources
-    from tasks.tokens import TokenizeConfig, tokenize_file
+    from tasks.token_settings import TokenizeConfig
+    from tasks.tokens import tokenize_file
 
     report = convert_sources("sft", [DataSource(source=str(data))], ConvertRules(), work / "converted",
                              work / "scratch")

@@ -355,8 +355,8 @@ def main() -> int:
     parser.add_argument("--gpu-table", action="store_true", help="print docs/MEMORY.md's GPU table (the formulas "
                                                                  "only: nothing runs) and exit")
     args = parser.parse_args()
-    from flows import server
-    from flows.summary import format_table
+    from alignflow.service import server
+    from flows.runner import format_table
 
     if args.gpu_table:
         print(format_table(gpu_table(), ["model", "train_sft", "trainable", "weights", "grads", "optim", "activ",

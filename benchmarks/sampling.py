@@ -41,7 +41,8 @@ def wider_model(folder: Path) -> Path:
 
 def measure(name: str, model: Path, prompts: int, k: int, max_tokens: int, work: Path) -> None:
     from tasks.models import load_tokenizer, render
-    from tasks.sample import SampleSpec, with_transformers, with_vllm
+    from tasks.on_policy import SampleSpec
+    from tasks.sample import with_transformers, with_vllm
 
     tokenizer = load_tokenizer([model])
     questions = ["reverse: " + " ".join("abcdefgh"[(i + j) % 8] for j in range(i % 12 + 2)) for i in range(prompts)]

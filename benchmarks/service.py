@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scan-interval", type=float, default=15.0)
     args = parser.parse_args()
-    from flows.server import throwaway_home
+    from alignflow.service.server import throwaway_home
 
     with throwaway_home("alignflow-bench-service-") as home:
         warm = warm_reruns(home)

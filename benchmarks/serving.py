@@ -108,7 +108,8 @@ class PlainServer:
 
 def start_vllm(model_dir: Path, work: Path) -> tuple[dict, float]:
     from storage import open_store
-    from tasks.deploy import DeployStage, start_server
+    from serving.rollout import start_server
+    from tasks.deploy import DeployStage
     from tasks.stage import RunContext
 
     run = RunContext("bench", str(work / "store"), str(work / "cache"))
@@ -122,18 +123,18 @@ def throughput(model_dir: Path, work: Path, count: int, max_tokens: int) -> None
     """Both servers up at once (an idle vLLM takes under 3% of a core); at each level every way runs twice,
     in the order A B C then C B A, and the two are averaged: a machine whose speed drifts during the run
     (this one's halves after its first minute of load) favours no way."""
-    from tasks.deploy import stop_server
+    from serving.lifecycle import stop_server
 
     prompts = prompts_of(count)
     record, start = start_vllm(model_dir, work)
     plain = PlainServer(model_dir)
-    url = f"{record['endpoint']}/completions"
-    ways = {"vllm": lambda level: drive(url, record["served_name"], prompts, level, max_tokens),
+    url = f"{record.endpoint}/completions"
+    ways = {"vllm": lambda level: drive(url, record.served_name, prompts, level, max_tokens),
             "plain": lambda level: drive(plain.url, "bench", prompts, level, max_tokens),
             "batched": lambda level: plain.batched(prompts, level, max_tokens)}
     rows = {level: {way: [] for way in ways} for level in LEVELS}
     try:
-        drive(url, record["served_name"], prompts[:2], 1, 4)  # warm up both
+        drive(url, record.served_name, prompts[:2], 1, 4)  # warm up both
         drive(plain.url, "bench", prompts[:2], 1, 4)
         for level in LEVELS:
             for order in (list(ways), list(reversed(ways))):
@@ -156,7 +157,7 @@ def evaluation(model_dir: Path, work: Path, questions: int) -> None:
     """The evaluate stage's EvalScope child on the same questions: through a vLLM server, and llm_ckpt."""
     from tasks import evaluate
     from tasks.builtin import reverse_task
-    from tasks.deploy import stop_server
+    from serving.lifecycle import stop_server
 
     data = work / "eval"
     data.mkdir(parents=True, exist_ok=True)
@@ -166,7 +167,7 @@ def evaluation(model_dir: Path, work: Path, questions: int) -> None:
     for engine in ("llm_ckpt", "vllm"):
         config = evaluate.EvaluateStage(engine=engine, max_tokens=16, batch_size=50)
         record, start = start_vllm(model_dir, work) if engine == "vllm" else (None, 0.0)
-        access = {"url": record["endpoint"], "name": record["served_name"]} if record else {"path": str(model_dir)}
+        access = {"url": record.endpoint, "name": record.served_name} if record else {"path": str(model_dir)}
         job = {"work": str(work / f"evalscope-{engine}"), "sets": evaluate.dataset_jobs(data, config),
                "config": config.model_dump(), "model": access}
         started = time.monotonic()

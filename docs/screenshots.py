@@ -121,7 +121,7 @@ def ids(api_url: str) -> tuple[str, ...]:
 def main() -> None:
     if not Path(CHROMIUM).exists():
         sys.exit("needs Debian's chromium package: apt-get install chromium")
-    from flows.server import throwaway_home
+    from alignflow.service.server import throwaway_home
 
     with throwaway_home("alignflow-screenshots-") as home:
         alignflow("server", "up", "--port", "0")

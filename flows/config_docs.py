@@ -24,8 +24,7 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
 
     stages = [(f"`stages.{name}`", _model(field.annotation)) for name, field in spec.Stages.model_fields.items()]
     from tasks.grpo import GRPORewards
-    from tasks.sample import SampleSpec
-    from tasks.score import ScoreSpec
+    from tasks.on_policy import SampleSpec, ScoreSpec
     from tasks.trainer import LoraSpec
 
     return [("Top level", spec.PipelineSpec), ("`data`", spec.DataSpec), *stages,

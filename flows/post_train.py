@@ -21,12 +21,13 @@ from prefect import flow, get_run_logger
 
 from flows.dashboard import flow_run_name
 from flows.spec import PipelineSpec, parse_spec
-from flows.summary import Steps
+from flows.runner import Steps
+from serving.rollout import discard_green
 from storage import ArtifactRef
 from storage.results import result_storage
 from storage.store import default_cache_dir
 from tasks.cpo import train_cpo
-from tasks.deploy import deploy, discard_green
+from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
 from tasks.evaluate import Serving, evaluate
@@ -244,7 +245,7 @@ def publish_summary(summary: dict) -> dict:
     """The end-of-run table, also as a markdown artifact on the flow run in the Prefect dashboard."""
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.summary import render
+    from flows.runner import render
     from tasks.report import artifact_key
 
     create_markdown_artifact(key=artifact_key(summary["name"], "run-summary"),

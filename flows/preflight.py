@@ -62,7 +62,7 @@ def model_problems(source: str) -> list[str]:
 
 def hub_problem(scheme: str, what: str, repo: str, revision: str | None = None) -> None:
     """A SourceError unless the repo is in the hub's cache or the hub answers (nothing is downloaded)."""
-    from tasks.download import cached_snapshot, hub_for
+    from tasks.hub import cached_snapshot, hub_for
 
     cached_snapshot(hub_for(scheme, what), repo, revision)
 
@@ -151,15 +151,16 @@ def store_problems(store: str, credentials_block: str | None) -> list[str]:
 # ---- serving ------------------------------------------------------------------------------------------
 
 def serving_problems(stages) -> list[str]:
-    """The serve env exists when vLLM is needed; an api key read from the environment is set."""
+    """The serve env exists and has the engine when a server is needed; an api key read from the environment
+    is set."""
     problems = []
     deploy, evaluate = stages.deploy, stages.evaluate
-    needs_vllm = deploy is not None or (evaluate is not None and evaluate.engine == "vllm")
-    if needs_vllm:
-        from tasks.servers import serve_python
+    if deploy is not None or (evaluate is not None and evaluate.engine == "vllm"):
+        from serving.lifecycle import engine_missing, serve_python
 
+        engine = deploy.engine if deploy else "vllm"
         try:
-            serve_python(deploy.python if deploy else None)
+            problems += engine_missing(serve_python(deploy.python if deploy else None, engine), engine)
         except AlignflowError as exc:
             problems.append(str(exc))
     key = deploy.api_key if deploy else None

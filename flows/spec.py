@@ -309,7 +309,12 @@ TRAINERS = ("sft", "dpo", "kto", "orpo", "cpo", "grpo")
 
 
 def serving_problems(stages: Stages) -> list[str]:
-    """`deploy.mode: adapter` serves the adapter the last trainer made, unquantized."""
+    """The serving engine runs the quantized format; `deploy.mode: adapter` serves the adapter the last
+    trainer made, unquantized."""
+    if stages.quantize:
+        engine = stages.deploy.engine if stages.deploy else "vllm"
+        if problems := stages.quantize.serving_problems(engine):
+            return problems
     if not stages.deploy or stages.deploy.mode != "adapter":
         return []
     last = next((name for name in reversed(TRAINERS) if getattr(stages, name) is not None), None)

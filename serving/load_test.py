@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from alignflow.processes import run_logged, tail
 from alignflow.secrets import child_env
-from tasks.config import StageConfig
 
 KEY_VARIABLE = "ALIGNFLOW_PERF_API_KEY"
 
 
-class LoadTest(StageConfig):
+class LoadTest(BaseModel):
     """A short load test of the live endpoint after each deploy."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], description="requests in flight, one run "
                                                                                   "per level")
@@ -40,13 +41,9 @@ def measure(endpoint: str, served_name: str, prompts: list[str], config: LoadTes
     job = {"url": f"{endpoint}/chat/completions", "model": served_name, "prompts": str(workdir / "prompts.txt"),
            "concurrency": config.concurrency, "number": [c * config.rounds for c in config.concurrency],
            "max_tokens": config.max_tokens, "outputs": str(workdir / "perf")}
-    env = perf_env(key)
-    with open(log_path, "w") as log:
-        code = subprocess.run([sys.executable, "-m", "tasks.load_test", json.dumps(job)], stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
+    code = run_logged([sys.executable, "-m", "serving.load_test", json.dumps(job)], log_path, perf_env(key))
     if code != 0:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"evalscope perf failed (exit code {code}); {log_path} ends:\n{tail}")
+        raise RuntimeError(f"evalscope perf failed (exit code {code}); {log_path} ends:\n{tail(log_path, 15)}")
     return rows(Path(job["outputs"]))
 
 
@@ -55,16 +52,16 @@ def perf_env(key: str | None) -> dict:
     return child_env(**{KEY_VARIABLE: key})
 
 
-def measure_live(record: dict, config: LoadTest, prompts: list[str], key: str | None, run, logger) -> list[dict]:
-    """The load test of a server deploy just made live (`record`); a failure is logged and recorded, never
-    raised: the new version is serving already."""
+def measure_live(record, config: LoadTest, prompts: list[str], key: str | None, log_path: Path,
+                 logger) -> list[dict]:
+    """The load test of a server deploy just made live (`record`, a ServerRecord); a failure is logged and
+    recorded, never raised: the new version is serving already. evalscope's output goes to `log_path`."""
     import tempfile
 
-    log_path = run.log_file("deploy-load-test")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=log_path.parent, prefix=".load-test-") as tmp:
         try:
-            results = measure(record["endpoint"], record["served_name"], prompts, config, key, Path(tmp), log_path)
+            results = measure(record.endpoint, record.served_name, prompts, config, key, Path(tmp), log_path)
         except Exception as exc:  # noqa: BLE001 (a measurement)
             logger.warning("deploy: the load test failed: %s", exc)
             return [{"error": str(exc)[-2000:]}]

@@ -1,6 +1,6 @@
 """Generate with vLLM's offline engine. Run by the serve env's python (it imports nothing of alignflow):
 
-    .venv-serve/bin/python tasks/vllm_generate.py JOB.json
+    .venv-serve/bin/python serving/vllm_generate.py JOB.json
 
 JOB: {"model": dir, "prompts": [rendered text], "n", "temperature", "top_p", "max_tokens", "seed", "output"}.
 Writes to `output`: {"completions": [[n answers] per prompt], "tokens": generated tokens, "seconds": time

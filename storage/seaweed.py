@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from alignflow.errors import StorageError
+from alignflow.processes import is_process, process_start, spawn_detached, stop_group, wait_ready
 
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
               "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
@@ -73,10 +74,8 @@ def up(home: Path, bucket: str = "alignflow", timeout: float = 60.0) -> dict:
     cmd = [weed_binary(), "mini", f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            "-master.telemetry=false", "-webdav=false", f"-s3.config={config}",
            "-s3.allowDeleteBucketNotEmpty=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
-    with open(home / "server.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=home)
-    info = {"pid": proc.pid, "endpoint": f"http://127.0.0.1:{ports['s3.port']}", "bucket": bucket,
+    proc = spawn_detached(cmd, os.environ.copy(), home / "server.log", home)
+    info = {"pid": proc.pid, "pid_start": process_start(proc.pid), "endpoint": f"http://127.0.0.1:{ports['s3.port']}", "bucket": bucket,
             "credentials_file": str(home / "credentials.env"), "home": str(home)}
     env_file = Path(info["credentials_file"])
     env_file.touch(mode=0o600)  # created private before the secret is written
@@ -101,20 +100,18 @@ def credentials(info: dict) -> dict:
 
 
 def _wait_ready(proc: subprocess.Popen, info: dict, home: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StorageError(f"SeaweedFS exited with code {proc.returncode}; see {home / 'server.log'}")
-        try:
-            urllib.request.urlopen(info["endpoint"], timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (403 for an anonymous request): ready
-        except OSError:
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise StorageError(f"SeaweedFS did not answer on {info['endpoint']} within {timeout:.0f}s; "
-                       f"see {home / 'server.log'}")
+    wait_ready(proc, lambda: _answers(info["endpoint"]), "SeaweedFS", home / "server.log", timeout,
+               exited=StorageError, timed_out=StorageError)
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint, timeout=1).close()
+        return True
+    except urllib.error.HTTPError:
+        return True  # it answers (403 for an anonymous request): ready
+    except OSError:
+        return False
 
 
 def _create_bucket(info: dict, creds: dict, bucket: str) -> None:
@@ -143,9 +140,7 @@ def status(home: Path) -> dict | None:
     if not path.exists():
         return None
     info = json.loads(path.read_text())
-    try:
-        os.kill(info["pid"], 0)
-    except ProcessLookupError:
+    if not is_process(info["pid"], info.get("pid_start")):  # gone, or its pid is another process's now
         path.unlink()
         return None
     return info
@@ -155,19 +150,6 @@ def down(home: Path, timeout: float = 15.0) -> bool:
     info = status(home)
     if not info:
         return False
-    os.killpg(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(info["pid"], 0)
-            try:
-                os.waitpid(info["pid"], os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.2)
-        except ProcessLookupError:
-            break
-    else:
-        os.killpg(info["pid"], signal.SIGKILL)
+    stop_group(info["pid"], signal.SIGTERM, timeout, start=info.get("pid_start"))
     state_file(home).unlink(missing_ok=True)
     return True

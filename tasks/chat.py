@@ -28,6 +28,8 @@ from pathlib import Path
 SENTINEL = "Zq7answerZq7"  # an answer that no template rewrites, to find what follows it
 PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>")
 SETTLED_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 FOLD_SYSTEM = (
     "{%- if messages and messages[0]['role'] == 'system' and messages | length > 1 "
     "and messages[1]['role'] == 'user' and messages[0]['content'] is string "
@@ -137,7 +139,6 @@ def settled_folder(folder: Path, dest: Path) -> tuple[Path, list[str]]:
     A folder without a tokenizer (weights only, as some stores hold them) has nothing to settle."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from tasks.tokens import TOKENIZER_FILES
 
     if not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
         return Path(folder), []

@@ -27,9 +27,8 @@ from tasks import formats
 from tasks.config import StageConfig
 from tasks.formats import RowError, SkipRow
 from tasks.readers import TOO_DEEP, Record, records
+from tasks.row_stats import MAX_LISTED, listed_problems, percentiles
 from tasks.stage import RunContext, publish, stage
-
-MAX_LISTED = 20  # problems listed in an error; the total is always given
 
 
 class EmptyData(DataError):
@@ -248,12 +247,6 @@ def _check(kind: str, report: Report, rules: ConvertRules) -> None:
                         f"out): nothing to train or evaluate on{why}")
 
 
-def listed_problems(problems: list[str], total: int) -> str:
-    """The first MAX_LISTED problems, one per indented line, and how many more there are."""
-    more = total - min(len(problems), MAX_LISTED)
-    return "\n".join(f"  {p}" for p in problems[:MAX_LISTED]) + (f"\n  ... and {more} more" if more > 0 else "")
-
-
 class Quarantine:
     """Bad rows with their reasons, written only when there is one."""
 
@@ -305,14 +298,6 @@ class Shape:
         if self.turns:
             out.update(roles=dict(sorted(self.roles.items())), assistant_turns=percentiles(self.turns))
         return out
-
-
-def percentiles(values: list[int | float]) -> dict:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
 # ---- the stage -----------------------------------------------------------------------------------

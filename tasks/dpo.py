@@ -16,8 +16,7 @@ from pydantic import Field, model_validator
 
 from storage import ArtifactRef
 from tasks import trainer
-from tasks.sample import SampleSpec
-from tasks.score import ScoreSpec
+from tasks.on_policy import SampleSpec, ScoreSpec
 from tasks.stage import RunContext, stage
 from tasks.trainer import PolicyStage
 

@@ -8,8 +8,9 @@ EvalScope's built-in benchmarks by name (`kind: builtin`: gsm8k, ceval, cmmlu, .
 ModelScope cache. A built-in set whose data is not cached fails at once naming what to pre-fetch, or is
 skipped with `on_unavailable: skip`. `primary` names the set whose score the gate judges.
 
-`engine: vllm` (default): the model is served by vLLM from the serve env and EvalScope asks it over the
-OpenAI API, so the number judged is the number users get. The candidate of a pipeline that deploys full
+`engine: vllm` (default): the model is served by the engine stages.deploy names (vLLM unless it says
+sglang) from the serve env, and EvalScope asks it over the OpenAI API, so the number judged is the number
+users get. The candidate of a pipeline that deploys full
 weights is evaluated on its green server: the very server deploy then switches traffic to (or stops, when
 the gate rejects it). Any other model gets a scratch server, stopped afterwards. `engine: llm_ckpt` loads
 the model with transformers in EvalScope's process instead.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +113,7 @@ class EvaluateStage(StageConfig):
 
     def fingerprints(self) -> dict[str, str]:
         """What keys the cache besides the settings: the files of each local set."""
-        from tasks.download import local_fingerprint
+        from tasks.hub import local_fingerprint
 
         return {s.name: local_fingerprint(s.path) for s in self.sets if s.kind == "mcq" and s.path != BUILTIN_MCQ}
 
@@ -123,7 +123,7 @@ class Serving:
     """How `engine: vllm` gets its server: the pipeline's green server (the candidate that deploy may switch
     to), or a scratch one. Not part of the cache key: either serves the same digest the same way."""
 
-    deploy: object  # a DeployStage: the server's settings (and the api key) deploy uses
+    deploy: object  # a DeployStage (serving.settings.Settings): the server's settings and api key deploy uses
     green: bool
     probe: Optional[ArtifactRef] = None  # rows whose first question is the green server's smoke request
 
@@ -227,13 +227,12 @@ def evalscope_env(key: str | None) -> dict:
 def run_evalscope(job: dict, logger, log_path: Path, key: str | None) -> int:
     """`python -m tasks.evaluate JOB`: EvalScope's whole output goes to `log_path`. Returns the exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = evalscope_env(key)
-    with open(log_path, "w") as log:
-        code = subprocess.run([sys.executable, "-m", "tasks.evaluate", json.dumps(job)], stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env).returncode
+    from alignflow.processes import run_logged, tail
+
+    code = run_logged([sys.executable, "-m", "tasks.evaluate", json.dumps(job)], log_path, evalscope_env(key))
     if code not in (0, UNAVAILABLE):
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-        raise StageError(f"evaluate: EvalScope failed with exit code {code}. Last lines of {log_path}:\n{tail}")
+        raise StageError(f"evaluate: EvalScope failed with exit code {code}. Last lines of {log_path}:\n"
+                         f"{tail(log_path)}")
     return code
 
 
@@ -245,8 +244,7 @@ def unavailable_message(work_dir: Path) -> str:
     return "evaluate: built-in benchmark data is missing, and this machine cannot download it:\n" + "\n".join(lines)
 
 
-@stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES,
-       uses=("tasks.likelihood",), accelerator=True)
+@stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES, accelerator=True)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str,
              fingerprints: Optional[dict] = None, serving: Optional[Serving] = None) -> ArtifactRef:
     """`fingerprints`: the local sets' files (EvaluateStage.fingerprints); `serving`: for engine vllm."""
@@ -305,7 +303,7 @@ def collect(work_dir: Path, sets: list[dict], out: Path, logger) -> tuple[dict, 
 
 def model_access(run: RunContext, model: ArtifactRef, config: EvaluateStage, serving: Serving | None, logger):
     """How EvalScope reaches the model: {'path': folder} for llm_ckpt, {'url', 'name'} of a vLLM server
-    (and its api key) for vllm. A scratch server stops on the way out; a green one stays for deploy."""
+    (and its api key) for engine vllm, whatever engine deploy serves with. A scratch server stops on the way out; a green one stays for deploy."""
     import contextlib
 
     @contextlib.contextmanager
@@ -313,18 +311,23 @@ def model_access(run: RunContext, model: ArtifactRef, config: EvaluateStage, ser
         if config.engine == "llm_ckpt":
             yield {"path": str(run.open_store().get_dir(model))}, None
             return
-        from tasks import deploy
+        from serving import rollout
+        from serving.lifecycle import stop_server
+        from serving.settings import Settings
+        from tasks.models import first_question
 
-        settings = serving.deploy if serving and serving.deploy else deploy.DeployStage()
+        settings = serving.deploy if serving and serving.deploy else Settings()
         if serving and serving.green:
-            record, key = deploy.green_server(run, model, settings, serving.probe, logger)
-            yield {"url": record["endpoint"], "name": record["served_name"]}, key
+            prompt = first_question(run.open_store().get_dir(serving.probe) / "data.jsonl") if serving.probe \
+                else "Hello!"
+            record, key = rollout.green_server(run, model, settings, prompt, logger)
+            yield {"url": record.endpoint, "name": record.served_name}, key
             return
-        record = deploy.start_server(run, model, deploy.scratch_settings(settings), logger)
+        record = rollout.start_server(run, model, settings.scratch(), logger)
         try:
-            yield {"url": record["endpoint"], "name": record["served_name"]}, None
+            yield {"url": record.endpoint, "name": record.served_name}, None
         finally:
-            deploy.stop_server(record)
+            stop_server(record)
 
     return access()
 

@@ -106,7 +106,7 @@ def reward_functions(config: GRPOStage, job: dict) -> tuple[list, list, list[flo
     its tokenizer, the rules as functions of the answers (and the reference column)."""
     funcs, tokenizers, weights = [], [], []
     if config.rewards.reward_model:
-        from tasks.reward import load_reward_model
+        from tasks.reward_model import load_reward_model
 
         model, tokenizer = load_reward_model(job["reward_model"])
         funcs.append(model)

@@ -35,8 +35,8 @@ def judge(run: RunContext, candidate: ArtifactRef, reference: ArtifactRef, rewar
           prompts: ArtifactRef, config: JudgeStage) -> ArtifactRef:
     from prefect import get_run_logger
 
-    from tasks.reward import rewards, stored_reward_model
-    from tasks.sample import hf_generate, ready_to_answer
+    from tasks.generate import hf_generate, ready_to_answer
+    from tasks.reward_model import rewards, stored_reward_model
 
     store, workdir = run.open_store(), run.workdir()
     asked = conversations(store.get_dir(prompts) / "data.jsonl", config.prompts, with_answers=False)

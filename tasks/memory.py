@@ -40,7 +40,7 @@ size, a attention heads, kv key/value width (kv heads x head dim), V vocabulary,
     reference    DPO and KTO with full fine-tuning load a second copy of the weights (P*w); with LoRA the
                  adapter-disabled model is the reference (TRL 1.16 DPOTrainer: `ref_model = None` for a PEFT
                  model), so nothing; ORPO and CPO have none; GRPO loads one only with beta > 0 and full
-    KV cache     vLLM on CPU takes VLLM_CPU_KVCACHE_SPACE GiB (1 unless set: tasks/servers.py); on a GPU it
+    KV cache     vLLM on CPU takes VLLM_CPU_KVCACHE_SPACE GiB (1 unless set: serving/vllm.py); on a GPU it
                  claims gpu_memory_utilization (0.9) of the whole device; transformers' generate holds
                  2*L*kv*f per token of each sequence
     vLLM weights 2 bytes a weight (dtype auto serves float32 checkpoints in bfloat16); quantized Linears 1 byte
@@ -301,7 +301,7 @@ def read_shape(source: str, dtype: str) -> Shape | str:
 
 def hub_shape(source: str) -> Shape | str:
     """The shape of a hub model that is in the hub's cache (nothing is downloaded)."""
-    from tasks.download import hub_for
+    from tasks.hub import hub_for
 
     scheme, _, rest = source.partition("://")
     if scheme not in ("hf", "modelscope"):
@@ -403,7 +403,7 @@ def devices() -> dict[str, Device]:
     """CPU RAM (psutil), and GPU 0 (torch.cuda.mem_get_info) when an NVIDIA GPU is visible."""
     import psutil
 
-    from tasks.servers import has_gpu
+    from serving.lifecycle import has_gpu
 
     ram = psutil.virtual_memory()
     found = {"cpu": Device("cpu", "CPU RAM", ram.available, ram.total)}
@@ -612,7 +612,7 @@ def served_weight_bytes(shape: Shape, quantized: str = "none") -> float:
 
 
 def vllm_kv_bytes() -> int:
-    """What vLLM reserves for its KV cache: VLLM_CPU_KVCACHE_SPACE GiB on CPU (servers.py sets 1)."""
+    """What vLLM reserves for its KV cache: VLLM_CPU_KVCACHE_SPACE GiB on CPU (serving/vllm.py sets 1)."""
     return int(float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1) * GIB)
 
 

@@ -1,6 +1,7 @@
 """Stage `quantize`: post-training quantization with llm-compressor, saved as compressed-tensors; and its
 quality check, `quantize_quality`, which compares the primary score before and after.
 
+Which of them the serving engine runs is the engine's to say (serving/vllm.py: `quantizations`):
     w8a8              SmoothQuant + GPTQ, int8 weights and activations (vLLM on CPU and GPU)
     w4a16             GPTQ int4 weights, 16-bit activations (vLLM on GPU; the x86 CPU build lacks the kernel);
                       weights in groups of 128, or the largest of 64 and 32 that divides every quantized
@@ -23,11 +24,9 @@ from alignflow.errors import StageError
 from storage import ArtifactRef
 from tasks.config import StageConfig
 from tasks.models import chat_texts, load_tokenizer
-from tasks.servers import has_gpu
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors")
-SERVABLE = {"cpu": ("w8a8", "fp8"), "gpu": ("w8a8", "w4a16", "int8_weight_only", "fp8")}  # vLLM's kernels
 WEIGHT_ONLY = {"w4a16": "W4A16", "int8_weight_only": "W8A16"}  # method: compressed-tensors' preset scheme
 
 
@@ -44,21 +43,29 @@ class QuantizeStage(StageConfig):
     max_quality_drop: Optional[float] = Field(None, ge=0, le=1, description="fail when the primary score falls "
                                                                             "by more than this (needs "
                                                                             "stages.evaluate)")
-    target: Literal["auto", "cpu", "gpu"] = Field("auto", description="the vLLM that will serve the model: auto is "
-                                                                      "this machine's (a GPU if one is visible)")
+    target: Literal["auto", "cpu", "gpu"] = Field("auto", description="where the model will be served: auto is "
+                                                                      "this machine (a GPU if one is visible)")
 
     def needs(self) -> tuple[str, ...]:
         return ("stages.evaluate",) if self.max_quality_drop is not None else ()
 
     def serving_target(self) -> str:
+        from serving.lifecycle import has_gpu
+
         return self.target if self.target != "auto" else ("gpu" if has_gpu() else "cpu")
 
-    def problems(self) -> list[str]:
-        target = self.serving_target()
-        if self.method == "none" or self.method in SERVABLE[target]:
+    def serving_problems(self, engine_name: str) -> list[str]:
+        """A method the engine that serves the model (stages.deploy.engine; vllm without a deploy stage) has no
+        kernel for on the target."""
+        from serving.engine import engine_for
+
+        engine, target = engine_for(engine_name), self.serving_target()
+        servable = engine.quantizations.get(target, ())
+        if self.method == "none" or self.method in servable:
             return []
-        return [f"stages.quantize.method: vLLM on {target.upper()} cannot run {self.method} models; choose one of "
-                f"{', '.join(SERVABLE[target])} (or target: gpu to export for GPU serving elsewhere)"]
+        return [f"stages.quantize.method: {engine.label} on {target.upper()} cannot run {self.method} models; "
+                f"choose one of {', '.join(servable) or '(none)'} (or target: gpu to export for GPU serving "
+                "elsewhere)"]
 
 
 GROUP_SIZES = (128, 64, 32)  # of the weight-only schemes, largest first; all three run on vLLM's GPU kernels
@@ -112,8 +119,7 @@ def weights_mb(folder: Path) -> float:
     return round(sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 2**20, 3)
 
 
-@stage("quantize", config=QuantizeStage, key_metric="weights_mb", libraries=LIBRARIES, uses=("tasks.models",),
-       accelerator=True)
+@stage("quantize", config=QuantizeStage, key_metric="weights_mb", libraries=LIBRARIES, accelerator=True)
 def quantize(run: RunContext, model: ArtifactRef, calibration: ArtifactRef, config: QuantizeStage) -> ArtifactRef:
     from datasets import Dataset
     from llmcompressor import LoggerConfig, configure_logger, oneshot

@@ -13,23 +13,13 @@ import json
 import statistics
 from typing import Optional
 
-from pydantic import Field
-
 from alignflow.errors import DataError
 from storage import ArtifactRef
-from tasks.config import StageConfig
 from tasks.models import base_record
+from tasks.on_policy import ScoreSpec
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers")
-
-
-class ScoreSpec(StageConfig):
-    """How sampled answers become pairs."""
-
-    min_margin: float = Field(0.0, ge=0, le=1000, description="best and worst rewards must differ by more than "
-                                                              "this; closer prompts are ties, dropped and counted")
-    batch_size: int = Field(16, ge=1, le=4096, description="answers scored at once")
 
 
 @stage("score", config=ScoreSpec, key_metric="pairs", libraries=LIBRARIES, accelerator=True)
@@ -39,7 +29,7 @@ def score(run: RunContext, samples: ArtifactRef, reward: ArtifactRef, policy: Ar
     from prefect import get_run_logger
 
     from tasks.degeneracy import few_pairs, noted
-    from tasks.reward import rewards, stored_reward_model
+    from tasks.reward_model import rewards, stored_reward_model
 
     store, out = run.open_store(), run.workdir() / "output"
     model, tokenizer, max_length = stored_reward_model(store, reward)

@@ -14,7 +14,7 @@ from pydantic import Field
 from storage import ArtifactRef
 from tasks import trainer
 from tasks.stage import RunContext, stage
-from tasks.tokens import LossOn, TokenizeConfig
+from tasks.token_settings import LossOn, TokenizeConfig
 from tasks.trainer import LoraSpec, TrainingStage
 
 LIBRARIES = trainer.LIBRARIES

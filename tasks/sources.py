@@ -246,7 +246,7 @@ def parse_hub(rest: str) -> tuple[str, str | None, str | None]:
 
 
 def _hub(scheme: str, rest: str, source: str) -> list[tuple[Path, str]]:
-    from tasks.download import from_hub, hub_for
+    from tasks.hub import from_hub, hub_for
 
     repo, config, split = parse_hub(rest)
     root = from_hub(hub_for(scheme, "dataset"), repo, None)  # which checks the repo id
@@ -284,6 +284,6 @@ def content_fingerprint(source: str) -> str:
         return fingerprint(listing(source))
     if "://" in source:
         return ""
-    from tasks.download import local_fingerprint
+    from tasks.hub import local_fingerprint
 
     return local_fingerprint(source)

@@ -22,26 +22,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
 
 from alignflow.errors import DataError
 from storage import ArtifactRef
-from tasks.config import StageConfig
+from tasks.chat import TOKENIZER_FILES
 from tasks.formats import RowError
 from tasks.stage import RunContext, publish, stage
+from tasks.token_settings import TokenizeConfig
 
 IGNORE = -100
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
-LossOn = Literal["assistant", "last_assistant", "all"]
-
-
-class TokenizeConfig(StageConfig):
-    loss_on: LossOn = Field("assistant")
-    max_length: int = Field(1024, ge=8)
-    on_bad_rows: Literal["fail", "skip"] = "fail"
 
 
 @dataclass(frozen=True)
@@ -200,7 +189,7 @@ def tokenize_file(tokenizer, source: Path, out: Path, config: TokenizeConfig, qu
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.convert import percentiles
+    from tasks.row_stats import percentiles
 
     schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
     counts, lengths, batch, problems = {"rows": 0, "truncated": 0, "no_loss": 0, "bad": 0}, [], [], []
@@ -245,7 +234,7 @@ def _table(batch: list, schema):
 
 def _settle(problems: list[str], counts: dict, config: TokenizeConfig, quarantine: Path) -> None:
     if problems and config.on_bad_rows == "fail":
-        from tasks.convert import listed_problems
+        from tasks.row_stats import listed_problems
 
         raise DataError(f"sft data: {len(problems)} rows cannot be rendered by the model's chat template:\n"
                         f"{listed_problems(problems, len(problems))}\n"
@@ -257,8 +246,7 @@ def _settle(problems: list[str], counts: dict, config: TokenizeConfig, quarantin
                         f"({counts['no_loss']} rows lost every answer to truncation); raise max_length")
 
 
-@stage("tokenize", config=TokenizeConfig, key_metric="rows", libraries=("transformers", "tokenizers", "pyarrow"),
-       uses=("tasks.models",))
+@stage("tokenize", config=TokenizeConfig, key_metric="rows", libraries=("transformers", "tokenizers", "pyarrow"))
 def tokenize(run: RunContext, tokenizer: TokenizerRef, data: ArtifactRef, config: TokenizeConfig) -> ArtifactRef:
     from prefect import get_run_logger
 

@@ -69,7 +69,7 @@ def prefect_server(session_home):
     Prefect's temporary API, which costs 10-20 s a command on two busy cores. Tests of the temporary API
     unset PREFECT_API_URL (`run_cli(env={"PREFECT_API_URL": None})`)."""
     from alignflow.processes import stop_group
-    from flows import server
+    from alignflow.service import server
 
     started = server.start_server(database=None, port=0)  # `server up`'s own start: a free port, waits healthy
     os.environ["PREFECT_API_URL"] = started["api_url"]

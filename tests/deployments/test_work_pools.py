@@ -198,7 +198,7 @@ def test_default_image_is_alignflow(kind):
 
 @pytest.mark.parametrize("kind", TEMPLATES)
 def test_env_carries_the_heartbeat_and_the_cache(kind):
-    from flows.server import HEARTBEAT_SECONDS
+    from alignflow.service.server import HEARTBEAT_SECONDS
 
     template = load(TEMPLATES[kind])
     env = render(template)["env"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser, main
+from alignflow.cli import build_parser, main
 
 MISSING = "/nonexistent/alignflow"
 

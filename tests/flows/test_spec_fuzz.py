@@ -136,7 +136,7 @@ def test_a_spec_that_is_not_utf8_text_is_named_as_such(tmp_path, data):
 def test_plan_with_any_overrides_ends_in_0_or_2_and_writes_nothing(tmp_path, capsys, overrides, skip):
     """The whole command, as a user calls it: `alignflow plan` with any --set and --skip either lists the
     stages (exit 0) or names every problem (exit 2); never a traceback, and no store is ever created."""
-    from flows.cli import main
+    from alignflow.cli import main
 
     store = tmp_path / "never-created"
     spec = tmp_path / "spec.yaml"

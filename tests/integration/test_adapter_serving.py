@@ -62,10 +62,10 @@ def answers(endpoint: str, model: str, learned: str) -> bool:
     return True
 
 
-def state(name: str) -> dict:
-    from tasks.servers import read_state
+def state(name: str):
+    from serving.records import read_record
 
-    return read_state(name)
+    return read_record(name)
 
 
 @pytest.fixture(scope="module")
@@ -85,31 +85,31 @@ def test_a_second_adapter_and_a_new_version_load_into_the_running_server(pipelin
     first = run_cli("run", str(pipelines["spec"]("alpha", "a a a a")))
     assert first.code == 0, first.output[-4000:]
     server = state("alpha")
-    assert server["adapter"] and pid_alive(server["pid"])
-    endpoint = server["endpoint"]
+    assert server.adapter and pid_alive(server.pid)
+    endpoint = server.endpoint
     assert answers(endpoint, "alpha", "a a a a")
 
     second = run_cli("run", str(pipelines["spec"]("beta", "b b b b")))
     assert second.code == 0, second.output[-4000:]
     store = open_store(str(pipelines["store"]))
     assert store.ref("alpha/base-model").digest == store.ref("beta/base-model").digest  # one base, one server
-    assert state("beta")["pid"] == server["pid"] and state("beta")["endpoint"] == endpoint
+    assert state("beta").pid == server.pid and state("beta").endpoint == endpoint
     assert answers(endpoint, "beta", "b b b b")
     assert answers(endpoint, "alpha", "a a a a")
 
     third = run_cli("run", str(pipelines["spec"]("alpha", "c c c c")))  # a new adapter for alpha: in place
     assert third.code == 0, third.output[-4000:]
-    assert state("alpha")["pid"] == server["pid"] and state("alpha")["model"]["version"] == 2
+    assert state("alpha").pid == server.pid and state("alpha").model.version == 2
     assert answers(endpoint, "alpha", "c c c c")
     assert answers(endpoint, "beta", "b b b b")
     listed = run_cli("serve", "ls").stdout
-    assert listed.count(f" {server['pid']} ") == 2 and "adapter on base-" in listed
+    assert listed.count(f" {server.pid} ") == 2 and "adapter on base-" in listed
 
     assert run_cli("serve", "stop", "beta").code == 0  # alpha still uses the server: beta's adapter goes
-    assert pid_alive(server["pid"]) and answers(endpoint, "alpha", "c c c c")
+    assert pid_alive(server.pid) and answers(endpoint, "alpha", "c c c c")
     assert "beta" not in [m["id"] for m in models(endpoint)]
     assert run_cli("serve", "stop", "alpha").code == 0  # the last user: the server stops
-    assert not pid_alive(server["pid"])
+    assert not pid_alive(server.pid)
 
 
 def models(endpoint: str) -> list[dict]:

@@ -85,13 +85,13 @@ def add_stage(tree: Path) -> None:
 
 
 def cli(tree: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tree, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "alignflow.cli", *args], cwd=tree, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(tree), **env), timeout=1500)
 
 
 def test_a_stage_added_through_the_public_seam_runs_is_checked_documented_and_cached(tmp_path):
     tree = tmp_path / "tree"
-    for package in ("alignflow", "flows", "tasks", "storage"):
+    for package in ("alignflow", "flows", "tasks", "storage", "serving"):
         shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     add_stage(tree)
     env = {"ALIGNFLOW_CACHE": str(tmp_path / "cache")}

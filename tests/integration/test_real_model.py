@@ -89,9 +89,9 @@ def test_the_real_model_trains_and_beats_its_base_through_every_stage(real_run):
 def test_the_served_real_model_answers_a_real_openai_client_and_stops(real_run):
     from openai import OpenAI
 
-    from tasks.servers import read_state
+    from serving.records import read_record
 
-    client = OpenAI(base_url=read_state("smollm2-test")["endpoint"], api_key="unused")  # loopback: keyless
+    client = OpenAI(base_url=read_record("smollm2-test").endpoint, api_key="unused")  # loopback: keyless
     question = json.loads((DATA / "eval.jsonl").read_text().splitlines()[-1])
     reply = client.chat.completions.create(model="smollm2-test", max_tokens=64, temperature=0,
                                            messages=[{"role": "user", "content": question["question"]}])

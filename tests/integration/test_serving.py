@@ -53,10 +53,10 @@ def url() -> str:
                           timeout=60).stdout.strip()
 
 
-def record() -> dict:
-    from tasks.servers import read_state
+def record():
+    from serving.records import read_record
 
-    return read_state("shop")
+    return read_record("shop")
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +106,11 @@ def test_a_request_without_the_key_is_refused(shop):
     assert wrong.value.code == 401
     assert chat(endpoint, KEY)["choices"][0]["finish_reason"] in ("stop", "length")
     state = record()
-    assert state["api_key"] == "env:SHOP_KEY"
+    assert state.api_key == "env:SHOP_KEY"
     assert KEY not in json.dumps(state) and KEY not in first.output
     stored = [p for p in shop["store"].rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert not stored, stored
-    with open(f"/proc/{state['pid']}/cmdline", "rb") as cmdline:
+    with open(f"/proc/{state.pid}/cmdline", "rb") as cmdline:
         assert KEY.encode() not in cmdline.read()
 
 
@@ -140,12 +140,12 @@ def test_blue_green_deploy_fails_no_request_and_stops_the_old_server(shop):
     new = record()
     failures = [o for o in outcomes if o[1]]
     endpoints = [e for e, _ in outcomes]
-    print(f"{len(outcomes)} requests, {len(failures)} failed; {endpoints.count(old['endpoint'])} to the old "
-          f"server, {endpoints.count(new['endpoint'])} to the new")
+    print(f"{len(outcomes)} requests, {len(failures)} failed; {endpoints.count(old.endpoint)} to the old "
+          f"server, {endpoints.count(new.endpoint)} to the new")
     assert not failures, failures[:3]
-    assert new["pid"] != old["pid"] and new["endpoint"] != old["endpoint"]
-    assert endpoints.count(old["endpoint"]) > 0 and endpoints.count(new["endpoint"]) > 0
-    assert not pid_alive(old["pid"])
+    assert new.pid != old.pid and new.endpoint != old.endpoint
+    assert endpoints.count(old.endpoint) > 0 and endpoints.count(new.endpoint) > 0
+    assert not pid_alive(old.pid)
 
 
 def test_a_broken_model_never_takes_traffic(shop):
@@ -157,9 +157,9 @@ def test_a_broken_model_never_takes_traffic(shop):
     last = [line for line in log.read_text().splitlines() if line.strip()][-2]
     assert last.strip() in result.output  # the server's own error, e.g. the weight file's unreadable header
     assert "codec can't decode" in result.output, result.output[-3000:]
-    assert record()["pid"] == serving["pid"] and pid_alive(serving["pid"])
-    assert url() == serving["endpoint"]
-    assert chat(serving["endpoint"], KEY)["choices"][0]["finish_reason"] in ("stop", "length")
+    assert record().pid == serving.pid and pid_alive(serving.pid)
+    assert url() == serving.endpoint
+    assert chat(serving.endpoint, KEY)["choices"][0]["finish_reason"] in ("stop", "length")
     store = open_store(str(shop["store"]))
     assert store.ref("shop/base-model", "production").version == 2  # B: the broken upload was never promoted
 
@@ -171,8 +171,8 @@ def test_rollback_moves_production_back_and_serves_it(shop):
     store = open_store(str(shop["store"]))
     production = store.ref("shop/base-model", "production")
     after = record()
-    assert production.version == 1 and after["model"]["digest"] == production.digest
-    assert after["pid"] != before["pid"] and not pid_alive(before["pid"])
+    assert production.version == 1 and after.model.digest == production.digest
+    assert after.pid != before.pid and not pid_alive(before.pid)
     assert chat(url(), KEY)["choices"][0]["finish_reason"] in ("stop", "length")
 
 
@@ -188,12 +188,12 @@ def test_the_kubernetes_export_serves_the_same_digest_with_the_same_flags(shop, 
     got = subprocess.run([ALIGNFLOW, *get[1:-1], str(target)], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr
     store = open_store(str(shop["store"]))
-    served = store.get_dir(store.ref(state["model"]["name"], state["model"]["digest"]))
+    served = store.get_dir(store.ref(state.model.name, state.model.digest))
     assert sorted(p.name for p in target.iterdir()) == sorted(p.name for p in served.iterdir())
     assert (target / "model.safetensors").read_bytes() == (served / "model.safetensors").read_bytes()
 
 
-def check_manifest(docs: dict, state: dict) -> None:
+def check_manifest(docs: dict, state) -> None:
     """The structure Kubernetes needs, and the record's digest and flags in it."""
     deployment, service = docs["Deployment"], docs["Service"]
     assert deployment["apiVersion"] == "apps/v1" and service["apiVersion"] == "v1"
@@ -206,14 +206,14 @@ def check_manifest(docs: dict, state: dict) -> None:
     assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     args = server["args"]
     assert args[args.index("--model") + 1] == "/models/model"
-    assert args[args.index("--served-model-name") + 1] == state["served_name"]
+    assert args[args.index("--served-model-name") + 1] == state.served_name
     assert args[args.index("--port") + 1] == "8000" and args[args.index("--host") + 1] == "0.0.0.0"
     assert service["spec"]["ports"][0]["targetPort"] == 8000
     fetch = pod["initContainers"][0]
-    assert f"{state['model']['name']}@{state['model']['digest']} /models/model" in fetch["command"][-1]
+    assert f"{state.model.name}@{state.model.digest} /models/model" in fetch["command"][-1]
     assert {"name": "models", "mountPath": "/models"} in fetch["volumeMounts"]
     assert {"name": "models", "mountPath": "/models"} in server["volumeMounts"]
     key_env = [e for e in server["env"] if e["name"] == "VLLM_API_KEY"]
-    assert bool(key_env) == bool(state.get("api_key"))
+    assert bool(key_env) == bool(state.api_key)
     if "--chat-template" in args:
         assert docs["ConfigMap"]["data"]["chat_template.jinja"]

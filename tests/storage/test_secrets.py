@@ -89,7 +89,7 @@ def test_evalscope_child_gets_the_endpoint_key_and_nothing_else(fake_credentials
 
 
 def test_perf_child_gets_the_endpoint_key_and_nothing_else(fake_credentials, monkeypatch, tmp_path):
-    from tasks import load_test
+    from serving import load_test
 
     launched = capture_child_env(monkeypatch)
     load_test.measure("http://127.0.0.1:1/v1", "m", ["hi"], load_test.LoadTest(), "served-key", tmp_path / "perf",
@@ -99,11 +99,12 @@ def test_perf_child_gets_the_endpoint_key_and_nothing_else(fake_credentials, mon
 
 
 def test_vllm_gets_no_credential_and_its_key_by_environment(fake_credentials, tmp_path):
-    from tasks.servers import server_env
+    from serving.lifecycle import server_env
+    from serving.vllm import ENGINE
 
-    assert "VLLM_API_KEY" not in server_env(str(tmp_path))
-    assert server_env(str(tmp_path), key="served-key")["VLLM_API_KEY"] == "served-key"
-    env = server_env(str(tmp_path))
+    assert "VLLM_API_KEY" not in server_env(ENGINE, str(tmp_path))
+    assert server_env(ENGINE, str(tmp_path), key="served-key")["VLLM_API_KEY"] == "served-key"
+    env = server_env(ENGINE, str(tmp_path))
     assert leaked(env, fake_credentials) == []
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "vllm") and env["HF_HUB_OFFLINE"] == "1"
 

@@ -129,10 +129,10 @@ def add_statement(path: Path, function: str, statement: str) -> None:
 
 
 def test_grpo_is_keyed_on_the_reward_model_loader(tmp_path):
-    """GRPO's training child loads the reward model through tasks.reward: an edit there reruns GRPO."""
-    assert "tasks.reward" in imports.closure("tasks.grpo")
+    """GRPO's training child loads the reward model through tasks.reward_model: an edit there reruns GRPO."""
+    assert "tasks.reward_model" in imports.closure("tasks.grpo")
     before, after = copy_of_this_repository(tmp_path / "before"), copy_of_this_repository(tmp_path / "after")
-    add_statement(after / "tasks" / "reward.py", "load_reward_model", "folder = str(folder)")
+    add_statement(after / "tasks" / "reward_model.py", "load_reward_model", "folder = str(folder)")
     assert code_version(("tasks.grpo",), after) != code_version(("tasks.grpo",), before)
     assert code_version(("tasks.sft",), after) == code_version(("tasks.sft",), before)  # SFT never loads it
 

@@ -123,7 +123,7 @@ def test_a_template_that_writes_bos_and_a_tokenizer_that_adds_it_give_one_bos(ba
     from transformers import AutoModelForSequenceClassification
 
     from tasks.builtin import tiny_model
-    from tasks.reward import rewards
+    from tasks.reward_model import rewards
 
     tok = styled(base_tokenizer, LLAMA3, bos_token="<|endoftext|>")  # a token the tiny vocabulary has
     tok.add_bos_token = True

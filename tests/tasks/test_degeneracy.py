@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flows.summary import render
+from flows.runner import render
 from tasks.degeneracy import empty_answers, few_pairs, mostly_duplicates, noted, training_warnings
 
 

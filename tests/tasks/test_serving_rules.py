@@ -15,7 +15,7 @@ import pytest
 
 from alignflow.errors import ConfigError, UsageError
 from alignflow.processes import pid_alive, process_start
-from flows.cli import main
+from alignflow.cli import main
 from tasks.deploy import DeployStage
 
 SECRET = "sk-live-4f9a1c77e2"
@@ -135,18 +135,34 @@ def test_a_name_counts_by_what_it_resolves_to_not_how_it_begins(monkeypatch):
 
 # ---- record names and logs -----------------------------------------------------------------------
 
-def test_a_record_is_found_by_a_pipeline_name_only(home):
-    from tasks.servers import read_state, remove_state, write_state
+def record_json(**fields) -> dict:
+    """A whole server record as alignflow writes it, with `fields` changed."""
+    return {"name": "demo", "served_name": "demo", "endpoint": "http://127.0.0.1:9/v1", "root": "http://127.0.0.1:9",
+            "pid": 1, "command": [sys.executable, "-m", "vllm.entrypoints.openai.api_server"], "log": "demo.log",
+            "model": {"name": "demo/sft", "version": "1", "digest": "sha256:" + "0" * 64}, "folder": "/x", **fields}
 
+
+def test_a_record_is_found_by_a_pipeline_name_only(home):
+    from serving.records import ServerRecord, read_record, record_path, remove_record, write_record
+
+    record = ServerRecord.from_json(record_json())
     for bad in ("../../x", "../serve/demo", "Demo", "demo/x", ".hidden"):
         with pytest.raises(UsageError, match="is not a pipeline name"):
-            read_state(bad)
+            read_record(bad)
         with pytest.raises(UsageError):
-            write_state(bad, {"pid": 1})
+            write_record(record, bad)
         with pytest.raises(UsageError):
-            remove_state(bad, 1)
-    write_state("demo~green", {"name": "demo~green", "pid": 1})  # a green server's record, kept internally
-    assert read_state("demo~green") == {"name": "demo~green", "pid": 1}
+            remove_record(bad, record)
+    write_record(record, "demo~green")  # a green server's record, kept internally
+    assert read_record("demo~green") == record
+    assert json.loads(record_path("demo~green").read_text())["pid"] == 1
+
+
+def test_a_record_that_is_not_one_is_a_clear_error(home, capsys):
+    (home / "demo.json").write_text(json.dumps({"name": "demo", "pid": 1}))
+    code, _, err = cli(capsys, "serve", "ls")
+    assert code == 2 and "demo.json is not a server record" in err and "remove the file" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("verb", ["logs", "url", "stop", "rollback", "k8s"])
@@ -154,7 +170,7 @@ def test_serve_with_a_path_for_a_name_exits_2_and_reads_nothing(home, capsys, ve
     secret = home.parent.parent / "secret.txt"
     secret.write_text(SECRET)
     planted = home.parent.parent / "x.json"  # where serve/../../x.json points
-    planted.write_text(json.dumps({"name": "x", "log": str(secret), "pid": 1, "endpoint": "http://e/v1"}))
+    planted.write_text(json.dumps(record_json(name="x", log=str(secret))))
     code, out, err = cli(capsys, "serve", verb, "../../x")
     assert code == 2
     assert SECRET not in out + err and "Traceback" not in err
@@ -164,12 +180,12 @@ def test_serve_with_a_path_for_a_name_exits_2_and_reads_nothing(home, capsys, ve
 def test_serve_logs_refuses_a_record_whose_log_is_outside_the_serve_folder(home, capsys):
     secret = home.parent.parent / "secret.txt"
     secret.write_text(SECRET)
-    (home / "demo.json").write_text(json.dumps({"name": "demo", "log": str(secret), "pid": 1}))
+    (home / "demo.json").write_text(json.dumps(record_json(log=str(secret))))
     code, out, err = cli(capsys, "serve", "logs", "demo")
     assert code == 2 and SECRET not in out
     assert f"names the log {secret}, outside" in err
     (home / "demo.log").write_text("server says hello\n")
-    (home / "demo.json").write_text(json.dumps({"name": "demo", "log": str(home / "demo.log"), "pid": 1}))
+    (home / "demo.json").write_text(json.dumps(record_json(log=str(home / "demo.log"))))
     assert cli(capsys, "serve", "logs", "demo")[:2] == (0, "server says hello\n")
 
 
@@ -180,7 +196,7 @@ def test_serve_of_an_unknown_server_exits_2(home, capsys):
 
 
 def test_an_alignflow_home_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch, capsys):
-    from flows import server
+    from alignflow.service import server
 
     (tmp_path / "home").write_text("not a folder")
     monkeypatch.setenv("ALIGNFLOW_HOME", str(tmp_path / "home"))
@@ -192,9 +208,10 @@ def test_an_alignflow_home_that_is_a_file_is_one_clear_error(tmp_path, monkeypat
 
 # ---- which process a stop may signal -------------------------------------------------------------
 
-def record_of(proc: subprocess.Popen, **fields) -> dict:
-    return {"name": "demo", "served_name": "demo", "endpoint": "http://127.0.0.1:9/v1", "root": "http://127.0.0.1:9",
-            "pid": proc.pid, "command": [sys.executable, "-m", "vllm.entrypoints.openai.api_server"], **fields}
+def record_of(proc: subprocess.Popen, **fields):
+    from serving.records import ServerRecord
+
+    return ServerRecord.from_json(record_json(pid=proc.pid, **fields))
 
 
 @pytest.mark.parametrize("identity", ["start", "command"])
@@ -202,33 +219,34 @@ def test_a_stop_never_signals_a_pid_that_is_now_another_process(home, bystander,
     """The server died and the system gave its pid to an unrelated process: `serve stop` leaves that
     process alone and forgets the record. Records from older versions carry no start time: the command
     line tells them apart."""
-    from tasks.servers import read_state, write_state
+    from serving.records import read_record, write_record
 
     stale = {"pid_start": process_start(bystander.pid) + 1} if identity == "start" else {}
-    write_state("demo", record_of(bystander, **stale))
+    write_record(record_of(bystander, **stale))
     code, out, _ = cli(capsys, "serve", "stop", "demo")
     time.sleep(0.3)
     assert code == 0 and bystander.poll() is None and pid_alive(bystander.pid)
     assert f"pid {bystander.pid} is now another process; forgot the stale record" in out
-    assert read_state("demo") is None
+    assert read_record("demo") is None
 
 
 def test_stop_server_signals_the_process_it_started_and_no_other(home, bystander):
-    from tasks.servers import read_state, stop_server, write_state
+    from serving.lifecycle import stop_server
+    from serving.records import read_record, write_record
 
     stale = record_of(bystander, pid_start=process_start(bystander.pid) + 1)
-    write_state("demo", stale)
-    assert stop_server(stale) is False and bystander.poll() is None and read_state("demo") is None
+    write_record(stale)
+    assert stop_server(stale) is False and bystander.poll() is None and read_record("demo") is None
     live = record_of(bystander, pid_start=process_start(bystander.pid))
-    write_state("demo", live)
+    write_record(live)
     assert stop_server(live, timeout=5) is True
-    assert bystander.wait(timeout=10) is not None and read_state("demo") is None
+    assert bystander.wait(timeout=10) is not None and read_record("demo") is None
 
 
 def test_server_down_never_signals_a_pid_that_is_now_another_process(home, bystander, capsys):
     """The same for the Prefect server and worker `alignflow server up` recorded: the bystander even runs
     something named prefect, which older records could not tell from their own worker."""
-    from flows import server
+    from alignflow.service import server
 
     worker = {"pid": bystander.pid, "pid_start": process_start(bystander.pid) + 1, "name": "w", "pool": "alignflow"}
     server.write_state({"worker": worker})

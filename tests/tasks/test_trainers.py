@@ -129,15 +129,17 @@ def serve(tmp_path, folder) -> None:
     """Publish `folder` as a model artifact, serve it with vLLM as the deploy stage does, ask it once."""
     import logging
 
+    from serving.lifecycle import smoke_test, stop_server
+    from serving.rollout import start_server
     from storage import open_store
-    from tasks.deploy import DeployStage, smoke_test, start_server, stop_server
+    from tasks.deploy import DeployStage
     from tasks.stage import RunContext
 
     run = RunContext("zero2", str(tmp_path / "store"), str(tmp_path / "cache"))
     ref = open_store(run.store, run.cache_dir).put_dir("zero2/sft", "model", folder)
     state = start_server(run, ref, DeployStage(max_model_len=256), logging.getLogger("test.serve"))
     try:
-        reply = smoke_test(state["endpoint"], "zero2", "reverse: a b c")
+        reply = smoke_test(state.endpoint, "zero2", "reverse: a b c")
         assert reply["finish_reason"] in ("stop", "length")
     finally:
         stop_server(state)

@@ -1,21 +1,53 @@
-"""`alignflow artifacts ...` and `alignflow storage ...`: look into the store and run a local S3 server."""
+"""`alignflow artifacts ls|show|get|promote|rollback|verify`: look into the store."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 from alignflow.errors import UsageError
+from alignflow.home import default_store
 from alignflow.names import check
-from flows.summary import format_table
+from flows.runner import format_table
 from storage import ArtifactStore, open_store
 
 
-def default_store() -> str:
-    return os.environ.get("ALIGNFLOW_STORE", ".alignflow/store")
+def add_parsers(sub) -> None:
+    artifacts = sub.add_parser("artifacts", help="list, inspect, fetch, promote and verify stored artifacts")
+    artifacts.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or "
+                                           ".alignflow/store)")
+    artifacts.add_argument("--storage", metavar="BLOCK", help="a saved prefect-aws AwsCredentials block for an "
+                                                              "s3:// store (default: the AWS environment)")
+    artifacts.set_defaults(func=cmd_artifacts)
+    verbs = artifacts.add_subparsers(dest="artifacts_command", required=True)
+    verbs.add_parser("ls", help="artifacts, or the versions of one").add_argument("name", nargs="?")
+    show = verbs.add_parser("show", help="one version: files, metrics, metadata")
+    show.add_argument("selector", metavar="NAME[@VERSION|@ALIAS]")
+    show.add_argument("--lineage", action="store_true", help="the chain of inputs, configs and runs that made it")
+    get = verbs.add_parser("get", help="copy an artifact's files into a folder")
+    get.add_argument("selector", metavar="NAME[@VERSION|@ALIAS]")
+    get.add_argument("dest")
+    promote = verbs.add_parser("promote", help="point an alias at a version (compare-and-swap)")
+    promote.add_argument("selector", metavar="NAME@VERSION")
+    promote.add_argument("alias")
+    rollback = verbs.add_parser("rollback", help="point an alias back at its previous version")
+    rollback.add_argument("name")
+    rollback.add_argument("alias")
+    verbs.add_parser("verify", help="re-hash every blob that manifests reference; exit 1 on any problem")
+
+
+def cmd_artifacts(args) -> int:
+    """The verb, with the Prefect API at hand when a credentials block must be read through it."""
+    if not args.storage:
+        return run_artifacts(args)
+    from alignflow.cli.common import quiet_prefect
+    from alignflow.service.server import prefect_api
+
+    quiet_prefect()
+    with prefect_api():
+        return run_artifacts(args)
 
 
 def parse_selector(text: str) -> tuple[str, int | str]:
@@ -145,24 +177,4 @@ def run_artifacts(args) -> int:
         print(f"{args.alias} -> {name}@{store.rollback(name, check('alias', args.alias, 'artifacts rollback ALIAS'))}")
     elif args.artifacts_command == "verify":
         return cmd_verify(store)
-    return 0
-
-
-def run_storage(args) -> int:
-    from alignflow.home import home_dir
-    from storage import seaweed
-
-    home = home_dir("storage")
-    if args.storage_command == "up":
-        info = seaweed.up(home)
-        print(f"SeaweedFS S3 at {info['endpoint']} (pid {info['pid']}, data in {home / 'data'})")
-        print(f"credentials: {info['credentials_file']} (mode 0600). To use it:")
-        print(f"  source {info['credentials_file']}")
-        print(f"  alignflow run deployments/demo.yaml --store s3://{info['bucket']}/demo")
-    elif args.storage_command == "down":
-        print("stopped" if seaweed.down(home) else "not running")
-    else:
-        info = seaweed.status(home)
-        print(f"running at {info['endpoint']} (pid {info['pid']}); env: {info['credentials_file']}" if info
-              else "not running")
     return 0

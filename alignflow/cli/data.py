@@ -1,4 +1,8 @@
-"""`alignflow data inspect` and `alignflow data convert`: look at a dataset before a run trains on it.
+"""`alignflow data add|scan|inspect|convert`: raw data versions for the service, and a look at a dataset
+before a run trains on it.
+
+    alignflow data add NAME SOURCE       register raw data as the next version of NAME, and announce it
+    alignflow data scan SPEC             what the watch-data deployment does, once, here
 
     alignflow data inspect SOURCE [--kind sft|preference|eval] [--model MODEL] [--max-length N] [--json]
     alignflow data convert SOURCE... --kind KIND [--format F] [--columns THEIRS=OURS ...] -o OUT.jsonl
@@ -23,9 +27,21 @@ from alignflow.errors import ConfigError, DataError, UsageError
 KINDS = ("sft", "preference", "eval")
 
 
-def add_parsers(verbs) -> None:
-    from flows.cli import positive_int
+def add_parsers(sub) -> None:
+    from alignflow.cli.common import positive_int
 
+    data = sub.add_parser("data", help="inspect and convert datasets; register raw data versions; scan watched "
+                                       "sources")
+    verbs = data.add_subparsers(dest="data_command", required=True)
+    add = verbs.add_parser("add", help="store a file, folder or s3:// prefix as the next version of NAME "
+                                       "and announce it (alignflow.dataset.updated)")
+    add.add_argument("name", metavar="NAME", help="dataset name, PIPELINE/NAME, e.g. demo/sft-extra")
+    add.add_argument("source", metavar="SOURCE")
+    add.add_argument("--store", help="folder or s3://bucket/prefix (default: $ALIGNFLOW_STORE or .alignflow/store)")
+    add.set_defaults(func=cmd_add)
+    scan = verbs.add_parser("scan", help="scan a spec's watched sources once, as watch-data does")
+    scan.add_argument("spec")
+    scan.set_defaults(func=cmd_scan)
     inspect = verbs.add_parser("inspect", help="detected format, rows, roles, turns, lengths and every problem")
     inspect.add_argument("source", help="a file or folder, s3://, hf://datasets/..., modelscope://datasets/...")
     inspect.add_argument("--kind", choices=KINDS, help="what the rows are for (default: guessed from the rows)")
@@ -35,6 +51,7 @@ def add_parsers(verbs) -> None:
     inspect.add_argument("--max-length", type=positive_int, default=1024, help="tokens per row the stage keeps "
                                                                       "(default 1024, the stages' default)")
     inspect.add_argument("--json", dest="as_json", action="store_true", help="print the numbers as JSON")
+    inspect.set_defaults(func=inspect_command)
     convert = verbs.add_parser("convert", help="write the canonical JSONL the convert stage writes, with a report")
     convert.add_argument("sources", nargs="+", metavar="SOURCE")
     convert.add_argument("--kind", choices=KINDS, required=True)
@@ -42,122 +59,15 @@ def add_parsers(verbs) -> None:
     convert.add_argument("--columns", nargs="*", default=[], metavar="THEIRS=OURS", help="rename fields first")
     convert.add_argument("--on-bad-rows", choices=("fail", "skip"), default="fail")
     convert.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
+    convert.set_defaults(func=convert_command)
 
 
-def cmd(args) -> int:
-    return inspect(args) if args.data_command == "inspect" else convert(args)
+def inspect_command(args) -> int:
+    from tasks.inspect import inspect_source
 
-
-def _source(source: str, fmt: str, columns: dict | None = None):
-    from tasks.convert import DataSource
-
-    return DataSource(source=source, format=fmt, columns=columns or {})
-
-
-def guess_kind(source: str, scratch: Path) -> str:
-    """Preference rows are the most distinctive, then multiple choice, then chat rows."""
-    from tasks import formats
-    from tasks.convert import listed_problems
-    from tasks.readers import records
-    from tasks.sources import local_files
-
-    problems, bad = [], 0
-    for path, shown in local_files(source, scratch):
-        row, skipped = _first_row(records(path, shown), problems)
-        bad += skipped
-        if row is None:
-            continue
-        for kind, name in (("preference", None), ("eval", "multiple-choice"), ("sft", None), ("eval", None)):
-            found = formats.detect(kind, row)
-            if found and (name is None or found.name == name):
-                return kind
-        raise DataError(f"{shown}: rows with fields {sorted(row)} are not a known format; pass --kind and --format")
-    unread = f"; not one line is a row:\n{listed_problems(problems, bad)}" if bad else ""
-    raise DataError(f"{source}: no rows{unread}")
-
-
-def _first_row(found, problems: list[str]) -> tuple[dict | None, int]:
-    """The first row of a file's records, and how many lines before it were not rows (the first of them noted
-    in `problems`, as the convert stage lists them)."""
-    from tasks.convert import MAX_LISTED
-
-    bad = 0
-    for record in found:
-        if record.row is not None:
-            return record.row, bad
-        bad += 1
-        if len(problems) < MAX_LISTED:
-            problems.append(f"{record.file}:{record.line}: {record.error}")
-    return None, bad
-
-
-def inspect(args) -> int:
-    from tasks.convert import ConvertRules, convert_sources
-
-    with tempfile.TemporaryDirectory(prefix="alignflow-inspect-") as tmp:
-        scratch = Path(tmp)
-        kind = args.kind or guess_kind(args.source, scratch / "sources")
-        report = convert_sources(kind, [_source(args.source, args.format)], ConvertRules(on_bad_rows="skip"),
-                                 scratch / "out", scratch / "sources")
-        facts = report.as_dict() | {"source": args.source, "guessed_kind": args.kind is None}
-        if args.model:
-            facts["tokens"] = token_lengths(kind, scratch / "out" / "data.jsonl", args.model, args.max_length,
-                                            scratch)
+    facts = inspect_source(args.source, args.kind, args.format, args.model, args.max_length)
     print(json.dumps(facts, indent=2) if args.as_json else describe(facts))
     return 0
-
-
-def token_lengths(kind: str, data: Path, model: str, max_length: int, scratch: Path) -> dict:
-    """Length percentiles in the model's tokens, and how many rows `max_length` would cut."""
-    from tasks.convert import percentiles
-    from tasks.formats import RowError
-    from tasks.models import load_tokenizer
-    from tasks.tokens import chunks, encode_many, has_loss
-
-    tok = load_tokenizer([tokenizer_folder(model, scratch / "model")])
-    lengths, cut, lost, refused = [], 0, 0, 0
-    with open(data, encoding="utf-8") as f:
-        for _, rows in chunks(f, 512):
-            for result in encode_many(tok, rows) if kind == "sft" else [_plain_tokens(tok, kind, r) for r in rows]:
-                if isinstance(result, RowError):
-                    refused += 1
-                    continue
-                ids, runs = result
-                lengths.append(len(ids))
-                cut += len(ids) > max_length
-                lost += runs is not None and not has_loss(runs, "assistant", max_length)
-    return {"model": model, "max_length": max_length, "lengths": percentiles(lengths), "truncated": cut,
-            "no_answer_left": lost, "template_refused": refused}
-
-
-def tokenizer_folder(model: str, scratch: Path) -> Path:
-    """A folder with the model's tokenizer (for the built-in model, only its tokenizer is built)."""
-    from tasks.download import fetch_model
-
-    if model == "builtin://tiny-qwen2":
-        from tasks.builtin import tiny_model
-
-        scratch.mkdir(parents=True, exist_ok=True)
-        tiny_model.build_tokenizer(scratch)
-        return scratch
-    return fetch_model(model, scratch)
-
-
-def _plain_tokens(tok, kind: str, row: dict):
-    """(token ids, None) of a preference row (prompt and the longer answer) or an eval row, or the RowError
-    of a row the template refuses."""
-    from tasks.formats import RowError
-    from tasks.tokens import render
-
-    try:
-        if kind == "preference":
-            answers = [row["completion"]] if "completion" in row else [row["chosen"], row["rejected"]]
-            text = render(tok, row["prompt"] + max(answers, key=lambda m: len(m[0]["content"])))
-        else:
-            text = render(tok, [{"role": "user", "content": row["question"]}], prompt=True) + row["answer"]
-    except RowError as exc:
-        return exc
-    return tok(text, add_special_tokens=False)["input_ids"], None
 
 
 def describe(facts: dict) -> str:
@@ -181,7 +91,7 @@ def describe(facts: dict) -> str:
     width = max(len(k) for k, _ in lines)
     text = "\n".join(f"{k + ':':<{width + 2}}{v}" for k, v in lines)
     if facts["problems"]:
-        from tasks.convert import listed_problems
+        from tasks.row_stats import listed_problems
 
         text += "\nproblems:\n" + listed_problems(facts["problems"], facts["bad"])
     return text
@@ -191,8 +101,9 @@ def _spread(p: dict) -> str:
     return " ".join(f"{k} {v}" for k, v in p.items()) if p else "-"
 
 
-def convert(args) -> int:
+def convert_command(args) -> int:
     from tasks.convert import ConvertRules, EmptyData, convert_sources, describe
+    from tasks.inspect import data_source
 
     columns = dict(_pair(c) for c in args.columns)
     out = _output(args.output, args.sources)
@@ -200,7 +111,7 @@ def convert(args) -> int:
     with _scratch(out, args.output) as tmp:
         work = Path(tmp)
         try:
-            report = convert_sources(args.kind, [_source(s, args.format, columns) for s in args.sources],
+            report = convert_sources(args.kind, [data_source(s, args.format, columns) for s in args.sources],
                                      ConvertRules(on_bad_rows=args.on_bad_rows), work / "out", work / "sources")
         except EmptyData as exc:
             raise _with_quarantine(exc, work / "out", stem) from None
@@ -274,3 +185,48 @@ def _pair(text: str) -> tuple[str, str]:
     if not sep or not theirs or not ours:
         raise ConfigError(f"--columns {text!r}: expected THEIRS=OURS, e.g. --columns text=question", "command line")
     return theirs, ours
+
+
+def cmd_scan(args) -> int:
+    from alignflow.cli.common import quiet_prefect
+    from alignflow.service import server
+    from flows.spec import load_spec
+    from flows.watch_data import scan
+
+    quiet_prefect()
+    spec = load_spec(args.spec)
+    with server.prefect_api() as url:
+        for line in scan(spec, announce=url is not None):
+            print(line)
+    return 0
+
+
+def cmd_add(args) -> int:
+    from alignflow.cli.common import quiet_prefect
+    from alignflow.home import default_store
+    from alignflow.names import check
+    from alignflow.service import server
+    from flows.data_versions import announce_once, register
+    from flows.preflight import store_problems
+    from storage import open_store
+
+    quiet_prefect()
+    name, source = args.name, args.source
+
+    check("dataset", name, "data add NAME")  # the on-new-data deployment reacts to names under its pipeline
+    location = args.store or default_store()
+    problems = store_problems(location, None)
+    if problems:
+        raise UsageError(f"data add: {problems[0]}")
+    if "://" not in location:
+        location = str(Path(location).expanduser().resolve())
+    store = open_store(location)
+    ref, new = register(store, name, source)
+    print(f"registered {ref.label} ({ref.metrics['files']} files, {ref.short_digest}) in {store.uri}" if new else
+          f"{ref.label} already holds this content ({ref.short_digest}); nothing registered")
+    with server.prefect_api() as url:
+        if url is None:
+            print("no Prefect server is running, so no event was sent; `alignflow server up` starts one")
+        elif announce_once(store, ref, source):
+            print(f"sent alignflow.dataset.updated for {ref.label} to {url}")
+    return 0

@@ -28,7 +28,15 @@ from pathlib import Path
 
 from alignflow.errors import AlignflowError
 from alignflow.home import home_dir
-from alignflow.processes import free_port, is_process, pid_alive, process_start, stop_group
+from alignflow.processes import (
+    free_port,
+    is_process,
+    pid_alive,
+    process_start,
+    spawn_detached,
+    stop_group,
+    wait_ready,
+)
 
 POOL = "alignflow"
 DEFAULT_PORT = 4200  # Prefect's own default; a free port is taken when it is busy, and kept after
@@ -180,7 +188,7 @@ def start_server(database: str | None, port: int | None = None) -> dict:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     log = home() / "server.log"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = spawn(cmd, env, log)
+    proc = spawn_detached(cmd, env, log, project_root())
     wait_until(lambda: api_healthy(api_url, timeout=5), proc, "the Prefect server", log, START_TIMEOUT)
     return {"pid": proc.pid, "pid_start": process_start(proc.pid), "api_url": api_url, "ui_url": ui_url,
             "log": str(log), "database": "custom" if database else "PREFECT_HOME", "started_at": time.time()}
@@ -194,7 +202,7 @@ def start_worker(api_url: str) -> dict:
     log = home() / "worker.log"
     name = f"alignflow-{socket.gethostname()}"
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
-    proc = spawn(cmd, env, log)
+    proc = spawn_detached(cmd, env, log, project_root())
     wait_until(lambda: worker_online(api_url, name), proc, "the Prefect worker", log, START_TIMEOUT)
     return {"pid": proc.pid, "pid_start": process_start(proc.pid), "name": name, "pool": POOL, "log": str(log),
             "started_at": time.time()}
@@ -211,32 +219,17 @@ def prefect_env(api_url: str | None) -> dict:
     return env
 
 
-def spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    """Detached: its own session, so closing the terminal (or Ctrl-C in it) does not stop it."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd=str(project_root()))
-
-
 def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    from alignflow.home import PROJECT_ROOT
+
+    return PROJECT_ROOT
 
 
 def wait_until(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
-    started, told = time.monotonic(), 0.0
-    while not ready():
-        if proc.poll() is not None:
-            raise ServerError(f"{what} exited with code {proc.returncode} while starting. Last lines of {log}:\n"
-                              f"{tail(log)}")
-        waited = time.monotonic() - started
-        if waited > timeout:
-            stop_group(proc.pid, signal.SIGKILL)
-            raise ServerError(f"{what} did not come up within {timeout:.0f}s; it was stopped. Last lines of "
-                              f"{log}:\n{tail(log)}")
-        if waited - told >= 15:
-            told = waited
-            print(f"  waiting for {what} ({waited:.0f}s; the first start creates its database)", flush=True)
-        time.sleep(0.5)
+    def waiting(seconds: float) -> None:
+        print(f"  waiting for {what} ({seconds:.0f}s; the first start creates its database)", flush=True)
+
+    wait_ready(proc, ready, what, log, timeout, exited=ServerError, timed_out=ServerError, progress=waiting)
 
 
 def worker_online(api_url: str, name: str) -> bool:
@@ -314,7 +307,8 @@ def throwaway_home(prefix: str):
     (benchmarks, screenshots). Model servers and the Prefect server started there are stopped at the end."""
     import tempfile
 
-    from tasks.servers import all_states, stop_server
+    from serving.lifecycle import stop_server
+    from serving.records import all_records
 
     names = ("ALIGNFLOW_HOME", "PREFECT_HOME", "ALIGNFLOW_CACHE", "PREFECT_API_URL")
     saved = {name: os.environ.get(name) for name in names}
@@ -326,8 +320,8 @@ def throwaway_home(prefix: str):
         try:
             yield home
         finally:
-            for state in all_states():
-                stop_server(state)
+            for record in all_records():
+                stop_server(record)
             down()
             for name, value in saved.items():
                 if value is None:
@@ -401,9 +395,3 @@ def trigger_text(client, deployment_id) -> str:
         if related and expect:
             texts.append("on " + ", ".join(sorted(expect)))
     return "; ".join(texts) or "-"
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    if not path.exists():
-        return "(no log yet)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -13,7 +13,7 @@ import sys
 from datetime import timedelta
 
 from alignflow.errors import ConfigError
-from flows.server import HEARTBEAT_SECONDS, POOL, ServerError, project_root
+from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError, project_root
 
 SPEC_VARIABLE = "alignflow_spec"
 

@@ -1,0 +1,7 @@
+"""`python -m alignflow.cli ...` runs the `alignflow` command."""
+
+import sys
+
+from alignflow.cli import main
+
+sys.exit(main())
