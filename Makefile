@@ -37,10 +37,13 @@ demo: setup
 demo-real: setup
 	.venv/bin/alignflow run deployments/smollm2.yaml
 
+# the lint first (pyproject.toml's [tool.ruff]): seconds, and it names the line
 test: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-quick: setup
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -m 'not slow' $(PARALLEL) $(PYTEST_ARGS)
 
 bench: setup

@@ -55,7 +55,7 @@ def role_of(proc, root_pid: int) -> tuple[str, str]:
     """(role, label) of a process of the run, from its command line or its nearest known ancestor's."""
     try:
         cmd = proc.cmdline()
-    except Exception:
+    except Exception:  # noqa: BLE001 (a process may exit, or be another user's, at any moment)
         return "gone", ""
     text = " ".join(cmd)
     if proc.pid == root_pid:
@@ -70,7 +70,7 @@ def role_of(proc, root_pid: int) -> tuple[str, str]:
         return "evalscope", "evaluate"
     try:
         parent = proc.parent()
-    except Exception:
+    except Exception:  # noqa: BLE001 (likewise)
         return "other", ""
     if parent is None or parent.pid == root_pid:
         return "other", text[:60]
@@ -108,7 +108,7 @@ class Watch(threading.Thread):
                 if seen["role"] == "vllm" and tick % 5 == 0:
                     try:
                         pss = proc.memory_full_info().pss
-                    except Exception:
+                    except Exception:  # noqa: BLE001 (likewise)
                         pss = 0
                     servers[seen["label"]] = servers.get(seen["label"], 0) + pss
             for server, pss in servers.items():
@@ -279,14 +279,16 @@ def sft_variants(work: Path, env: dict) -> list[dict]:
     shape, rows = memory.model_shape(str(base)), []
     for label, settings in SFT_VARIANTS:
         settings = dict(settings, trainer_args={**settings.get("trainer_args", {}), "max_steps": 2})
-        spec = parse_spec({"name": "smol", "model": str(base), "data": {"sft": str(tokens)}, "stages": {"sft": settings}})
+        spec = parse_spec({"name": "smol", "model": str(base), "data": {"sft": str(tokens)},
+                           "stages": {"sft": settings}})
         estimate = memory.estimates(spec, shape, {"cpu": memory.Device("cpu", "CPU RAM", 0, 0)})[0]
         scratch = Path(tempfile.mkdtemp(dir=work, prefix="sft-variant-"))
         job = {"config": spec.stages.sft.model_dump(), "model_chain": [str(base)], "data": str(tokens),
                "output": str(scratch / "output"), "workdir": str(scratch), "stage": "train_sft", "stage_module": "sft"}
         (scratch / "job.json").write_text(json.dumps(job))
         proc = subprocess.Popen([sys.executable, "-m", "tasks.trainer", str(scratch / "job.json")], cwd=ROOT,
-                                env=dict(env, DS_ACCELERATOR="cpu"), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                env=dict(env, DS_ACCELERATOR="cpu"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
         _, code, usage = os.wait4(proc.pid, 0)
         if code:
             raise SystemExit(f"{label}: the trainer recipe failed (status {code}); job: {scratch / 'job.json'}")
@@ -343,7 +345,8 @@ def gpu_table() -> list[dict]:
                          "weights": f"{p.get('weights', 0):.1f}", "grads": f"{p.get('gradients', 0):.1f}",
                          "optim": f"{p.get('optimizer', 0):.1f}", "activ": f"{p.get('activations', 0):.1f}",
                          "logits": f"{p.get('logits', 0):.1f}", "peak GiB": f"{e.peak / GIB:.1f}",
-                         "24 GiB": "fits" if e.peak <= 24 * GIB else "no", "80 GiB": "fits" if e.peak <= 80 * GIB else "no"})
+                         "24 GiB": "fits" if e.peak <= 24 * GIB else "no",
+                         "80 GiB": "fits" if e.peak <= 80 * GIB else "no"})
     return rows
 
 

@@ -20,8 +20,8 @@ from typing import Optional
 from prefect import flow, get_run_logger
 
 from flows.dashboard import flow_run_name
-from flows.spec import PipelineSpec, parse_spec
-from flows.runner import Steps
+from flows.spec import ALWAYS_SET, PipelineSpec, parse_spec
+from flows.runner import RunStatus, RunSummary, Steps
 from serving.rollout import discard_green
 from storage import ArtifactRef
 from storage.results import result_storage
@@ -31,7 +31,7 @@ from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
 from tasks.evaluate import Serving, evaluate
-from tasks.gate import PRODUCTION, gate
+from tasks.gate import PRODUCTION, Decision, gate
 from tasks.grpo import train_grpo
 from tasks.judge import judge
 from tasks.kto import train_kto
@@ -47,7 +47,7 @@ from tasks.tokens import tokenize, tokenizer_ref
 
 
 @flow(name="post-train", flow_run_name=flow_run_name, persist_result=False, validate_parameters=False)
-def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
+def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> RunSummary:
     """Post-train and ship one pipeline. `dataset` (NAME@VERSION): the dataset version whose arrival
     started this run; data sources that name that dataset use exactly that version."""
     from alignflow.errors import hide_tracebacks_of_input_errors
@@ -60,10 +60,10 @@ def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> dict:
         return publish_summary(pipeline(steps, run, spec, dataset))
 
 
-def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> dict:
+def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> RunSummary:
     """The stages in order; returns the run's summary."""
-    stages, summary = spec.stages, {"name": spec.name, "store": spec.store, "status": "completed",
-                                    "steps": steps.rows}
+    stages = spec.stages
+    summary = RunSummary(name=spec.name, store=spec.store, status=RunStatus.COMPLETED, steps=steps.rows)
     data = convert_all(steps, run, spec, dataset)  # first: bad rows stop the run before a model download
     base = steps.run(download_model, run, spec.model, source_fingerprint(spec.model), spec.model_dtype)
     sft = model = base
@@ -103,9 +103,9 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
         if stages.gate:
             decision = steps.run(gate, run, report, base_report, stages.gate, judged)
             steps.later(show_scores, run, report, base_report, decision)
-            if not decision["passed"]:
+            if not decision.passed:
                 discard_green(run.name)  # the candidate's server never takes traffic
-                return not_shipped(spec, summary, "rejected by gate", decision["reasons"])
+                return not_shipped(spec, summary, RunStatus.REJECTED, decision.reasons)
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
         return ship(steps, run, spec, summary, adapter or model, report, decision, any_split(data))
     return summary
@@ -157,7 +157,7 @@ def align(steps: Steps, run: RunContext, method, config, model: ArtifactRef, dat
 
 
 def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model: ArtifactRef,
-         report: ArtifactRef | None, decision: dict | None, probe: ArtifactRef | None) -> dict:
+         report: ArtifactRef | None, decision: Decision | None, probe: ArtifactRef | None) -> RunSummary:
     """Claim production for the report the gate judged (compare-and-swap against the production the gate
     saw: a run that lost the race reports it and deploys nothing), serve the model if the spec deploys,
     then point the model's `production` alias at it. A failed deploy gives the claim back."""
@@ -167,9 +167,10 @@ def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model
     store, claimed = run.open_store(), False
     if report is not None:
         try:
-            claimed = store.promote(report, PRODUCTION, decision["production_version"] if decision else ...)
+            claimed = store.promote(report, PRODUCTION, decision.production_version if decision else ...)
         except ConflictError as exc:
-            return not_shipped(spec, summary, "superseded", [f"production moved while this run was judged: {exc}"])
+            return not_shipped(spec, summary, RunStatus.SUPERSEDED,
+                               [f"production moved while this run was judged: {exc}"])
     if spec.stages.deploy:
         try:
             deployment = steps.run(deploy, run, model, spec.stages.deploy, probe)
@@ -217,22 +218,19 @@ def pinned_value(items: list) -> str | list:
     return plain[0] if len(plain) == 1 and isinstance(plain[0], str) else plain
 
 
-ALWAYS_SET = ("merge", "judge")  # settings for stages that run whenever they apply
-
-
 def stage_names(spec: PipelineSpec) -> list[str]:
     return [name for name, config in spec.stages if config is not None and name not in ALWAYS_SET]
 
 
-def show_scores(run: RunContext, report: ArtifactRef, base: ArtifactRef, decision: dict) -> None:
+def show_scores(run: RunContext, report: ArtifactRef, base: ArtifactRef, decision: Decision) -> None:
     from flows.dashboard import show_evaluation
 
-    version = decision.get("production_version")
+    version = decision.production_version
     production = run.open_store().ref(report.name, version) if version else None
     show_evaluation(run.name, report.metrics["metric"], report, base, production)
 
 
-def not_shipped(spec: PipelineSpec, summary: dict, status: str, reasons: list[str]) -> dict:
+def not_shipped(spec: PipelineSpec, summary: RunSummary, status: RunStatus, reasons: list[str]) -> RunSummary:
     """The candidate stays unserved: say why in the summary, the log and an event (notifications)."""
     from flows.dashboard import announce_not_shipped
 
@@ -241,7 +239,7 @@ def not_shipped(spec: PipelineSpec, summary: dict, status: str, reasons: list[st
     return dict(summary, status=status, reasons=reasons)
 
 
-def publish_summary(summary: dict) -> dict:
+def publish_summary(summary: RunSummary) -> RunSummary:
     """The end-of-run table, also as a markdown artifact on the flow run in the Prefect dashboard."""
     from prefect.artifacts import create_markdown_artifact
 
@@ -258,6 +256,6 @@ def any_split(data: dict):
     return data.get("eval") or data.get("sft") or data.get("preference")
 
 
-def run_pipeline(spec: PipelineSpec) -> dict:
+def run_pipeline(spec: PipelineSpec) -> RunSummary:
     """Run the flow in this process (the CLI's `alignflow run`)."""
     return post_train(spec)

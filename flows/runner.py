@@ -6,12 +6,42 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from alignflow.errors import ConfigError, DataError, SourceError, UsageError
 from storage import ArtifactRef
+from tasks.gate import Decision
 from tasks.stage import DECLARATIONS
+
+class RunStatus(StrEnum):
+    """How a run ended, as its summary, its `--json`, its not-shipped event and its exit code say."""
+
+    COMPLETED = "completed"
+    REJECTED = "rejected by gate"
+    SUPERSEDED = "superseded"  # another run promoted first: this candidate was judged against a stale production
+
+
+EXIT_CODES = {RunStatus.REJECTED: 3, RunStatus.SUPERSEDED: 4}  # `alignflow run`'s, besides 0
+
+
+class RunSummary(TypedDict, total=False):
+    """What a run returns and `--json` writes: one row per stage, and what was served and judged."""
+
+    name: str
+    store: str
+    status: RunStatus
+    steps: list[dict]  # Steps.row: stage, status, seconds, artifact, digest, metric, warnings
+    reasons: list[str]  # why the candidate was not shipped
+    scores: dict  # the primary metric's candidate, base and production scores (and win_rate)
+    quantization: dict
+    production: str  # the model now production, name@version
+    endpoint: str
+    deployment: str
+    probe: str
+    load_test: list[dict] | None
+
 
 INPUT_ERRORS = (ConfigError, DataError, SourceError, UsageError)  # bad input: nothing of the failure is kept
 ROW_NOTES = ("bad", "duplicates", "skipped", "truncated", "no_loss")  # data counts shown when not zero
@@ -90,8 +120,8 @@ class Steps:
         if isinstance(result, ArtifactRef) and result.metrics.get("action") == "unchanged":
             status = "unchanged"  # an idempotent stage found its work already done
         row = {"stage": label, "status": status, "seconds": round(seconds, 1)}
-        if isinstance(result, dict) and "passed" in result:  # the gate's decision
-            row["metric"] = "passed" if result["passed"] else "rejected"
+        if isinstance(result, Decision):
+            row["metric"] = "passed" if result.passed else "rejected"
         elif isinstance(result, dict):  # a check's verdict: its key metric
             metric = DECLARATIONS[task.name].key_metric if task.name in DECLARATIONS else None
             row["metric"] = f"{metric}={result[metric]}" if metric in result else ""
@@ -109,7 +139,7 @@ class Steps:
 def _quietly(fn, *args) -> None:
     try:
         fn(*args)
-    except Exception as exc:  # the run's own work and errors matter more than its dashboard
+    except Exception as exc:  # noqa: BLE001 (the run's own work and errors matter more than its dashboard)
         from prefect import get_run_logger
 
         get_run_logger().warning("could not update the dashboard (%s): %s", fn.__name__, exc)

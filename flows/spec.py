@@ -305,7 +305,17 @@ def unmet_needs(spec: PipelineSpec) -> list[str]:
     return problems
 
 
-TRAINERS = ("sft", "dpo", "kto", "orpo", "cpo", "grpo")
+def policy_trainers() -> list[str]:
+    """The stages that train the model to be served, in the flow's order: sft, dpo, kto, ..."""
+    from tasks.config import stage_fields
+    from tasks.trainer import TrainingStage
+
+    return [name for name, kind in stage_fields(Stages).items()
+            if issubclass(kind, TrainingStage) and kind.makes_policy]
+
+
+# the stages whose settings are there unless the spec empties them: they run whenever they apply
+ALWAYS_SET = tuple(name for name, info in Stages.model_fields.items() if info.default_factory is not None)
 
 
 def serving_problems(stages: Stages) -> list[str]:
@@ -317,7 +327,7 @@ def serving_problems(stages: Stages) -> list[str]:
             return problems
     if not stages.deploy or stages.deploy.mode != "adapter":
         return []
-    last = next((name for name in reversed(TRAINERS) if getattr(stages, name) is not None), None)
+    last = next((name for name in reversed(policy_trainers()) if getattr(stages, name) is not None), None)
     if last is None or getattr(stages, last).tuner == "full":
         what = f"stages.{last} trains full weights" if last else "no stage trains"
         return [f"stages.deploy.mode: adapter serves a LoRA adapter, but {what}; set tuner: lora on the last "

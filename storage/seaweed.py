@@ -75,7 +75,8 @@ def up(home: Path, bucket: str = "alignflow", timeout: float = 60.0) -> dict:
            "-master.telemetry=false", "-webdav=false", f"-s3.config={config}",
            "-s3.allowDeleteBucketNotEmpty=false", *[f"-{flag}={port}" for flag, port in ports.items()]]
     proc = spawn_detached(cmd, os.environ.copy(), home / "server.log", home)
-    info = {"pid": proc.pid, "pid_start": process_start(proc.pid), "endpoint": f"http://127.0.0.1:{ports['s3.port']}", "bucket": bucket,
+    info = {"pid": proc.pid, "pid_start": process_start(proc.pid), "endpoint": f"http://127.0.0.1:{ports['s3.port']}",
+            "bucket": bucket,
             "credentials_file": str(home / "credentials.env"), "home": str(home)}
     env_file = Path(info["credentials_file"])
     env_file.touch(mode=0o600)  # created private before the secret is written

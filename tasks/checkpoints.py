@@ -70,7 +70,7 @@ class StoredCheckpoints:
         what is local (or from step 0)."""
         try:
             return self._restore(folder)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (a broken stored checkpoint costs the resume, never the run)
             self.logger.warning("could not restore the stored checkpoint from %s (%s); training starts without it",
                                 self.where, exc)
             return None
@@ -119,7 +119,7 @@ class StoredCheckpoints:
             return
         try:
             self._upload(snapshot)
-        except Exception as exc:  # a lost checkpoint costs a resume point, never the training
+        except Exception as exc:  # noqa: BLE001 (a lost checkpoint costs a resume point, never the training)
             self.logger.warning("could not store checkpoint %s in %s: %s", snapshot.name, self.where, exc)
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)

@@ -50,6 +50,19 @@ class StageConfig(BaseModel):
         return self.declaration.needs if self.declaration else ()
 
 
+def stage_fields(stages: type[BaseModel]) -> dict[str, type[StageConfig]]:
+    """The spec's stages (a `Stages` model's fields, in the flow's order) and each one's config class:
+    `Optional[SFTStage]` -> SFTStage."""
+    from typing import get_args
+
+    out = {}
+    for name, info in stages.model_fields.items():
+        kinds = [kind for kind in get_args(info.annotation) or (info.annotation,) if kind is not type(None)]
+        if kinds and isinstance(kinds[0], type) and issubclass(kinds[0], StageConfig):
+            out[name] = kinds[0]
+    return out
+
+
 def valid_range(model: type[BaseModel], field: str) -> str:
     """'> 0', '0 <= x <= 1': the bounds declared on a field, as its error and the docs show them."""
     lower, upper = [], []

@@ -244,7 +244,8 @@ def unavailable_message(work_dir: Path) -> str:
     return "evaluate: built-in benchmark data is missing, and this machine cannot download it:\n" + "\n".join(lines)
 
 
-@stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES, accelerator=True)
+@stage("evaluate", config=EvaluateStage, needs=("data.eval",), key_metric="score", libraries=LIBRARIES,
+       accelerator=True)
 def evaluate(run: RunContext, model: ArtifactRef, data: ArtifactRef, config: EvaluateStage, role: str,
              fingerprints: Optional[dict] = None, serving: Optional[Serving] = None) -> ArtifactRef:
     """`fingerprints`: the local sets' files (EvaluateStage.fingerprints); `serving`: for engine vllm."""
@@ -303,7 +304,8 @@ def collect(work_dir: Path, sets: list[dict], out: Path, logger) -> tuple[dict, 
 
 def model_access(run: RunContext, model: ArtifactRef, config: EvaluateStage, serving: Serving | None, logger):
     """How EvalScope reaches the model: {'path': folder} for llm_ckpt, {'url', 'name'} of a vLLM server
-    (and its api key) for engine vllm, whatever engine deploy serves with. A scratch server stops on the way out; a green one stays for deploy."""
+    (and its api key) for engine vllm, whatever engine deploy serves with. A scratch server stops on the way
+    out; a green one stays for deploy."""
     import contextlib
 
     @contextlib.contextmanager

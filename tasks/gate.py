@@ -13,6 +13,8 @@ points there (compare-and-swap), so two runs that pass at once never lose an upd
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Optional
 
 from pydantic import Field
@@ -82,9 +84,23 @@ def set_drops(sets: dict, base_sets: dict, max_drop: dict) -> list[str]:
     return reasons
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided, and the scores it judged: the flow ships the candidate only when `passed`."""
+
+    passed: bool
+    reasons: list[str]  # why not, one per failed rule (empty when passed)
+    score: float
+    base_score: float
+    production_score: Optional[float]
+    win_rate: Optional[float]
+    production: Optional[str]  # the production report it was judged against (name@version)
+    production_version: Optional[int]  # promotion is a compare-and-swap against this version
+
+
 @stage("gate", config=GateStage, needs=("stages.evaluate",), cached=False)
 def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: GateStage,
-         judged: Optional[ArtifactRef] = None) -> dict:
+         judged: Optional[ArtifactRef] = None) -> Decision:
     """`judged`: the judge stage's report (the reward model's win rate), when the pipeline has one."""
     from prefect import get_run_logger
 
@@ -93,9 +109,9 @@ def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: Gat
     win_rate = judged.metrics["win_rate"] if judged else None
     reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config, win_rate,
                      candidate.metrics.get("sets"), base.metrics.get("sets"))
-    decision = {"passed": not reasons, "reasons": reasons, "score": candidate.metrics["score"],
-                "base_score": base.metrics["score"], "production_score": prod_score, "win_rate": win_rate,
-                "production": production.label if production else None,
-                "production_version": production.version if production else None}
+    decision = Decision(passed=not reasons, reasons=reasons, score=candidate.metrics["score"],
+                        base_score=base.metrics["score"], production_score=prod_score, win_rate=win_rate,
+                        production=production.label if production else None,
+                        production_version=production.version if production else None)
     get_run_logger().info("gate: %s%s", "passed" if not reasons else "rejected: ", "; ".join(reasons))
     return decision

@@ -358,7 +358,8 @@ def resident_activations(shape: Shape, tokens: int, seq: int, f: int, checkpoint
     measured against them (CPU_RESIDENT)."""
     if device == "cuda":
         return activation_bytes(shape, tokens, seq, f, checkpointing, extra_per_layer)
-    resident = activation_bytes(shape, tokens, seq, f, False, extra_per_layer) * CPU_RESIDENT["lora" if lora else "full"]
+    resident = (activation_bytes(shape, tokens, seq, f, False, extra_per_layer)
+                * CPU_RESIDENT["lora" if lora else "full"])
     return int(resident * (CPU_RESIDENT["checkpointing"] if checkpointing else 1))
 
 
@@ -661,8 +662,13 @@ def evaluate_estimate(ctx: Context, config, gpu_total: int) -> Estimate:
 
 # ---- the pipeline's stages --------------------------------------------------------------------------------
 
-TRAINERS = (("sft", "train_sft"), ("reward", "train_reward_model"), ("dpo", "train_dpo"), ("kto", "train_kto"),
-            ("orpo", "train_orpo"), ("cpo", "train_cpo"), ("grpo", "train_grpo"))
+def trainers(spec) -> list[tuple[str, str]]:
+    """(the spec's key, the stage's task name) of every trainer stage, in the flow's order."""
+    from tasks.config import stage_fields
+    from tasks.trainer import TrainingStage
+
+    return [(name, kind.declaration.name) for name, kind in stage_fields(type(spec.stages)).items()
+            if issubclass(kind, TrainingStage)]
 
 
 def estimates(spec, shape: Shape, found: dict[str, Device] | None = None) -> list[Estimate]:
@@ -672,7 +678,7 @@ def estimates(spec, shape: Shape, found: dict[str, Device] | None = None) -> lis
     ctx = Context(shape, "cuda" in found, deploy=stages.deploy)
     gpu_total = found["cuda"].total if "cuda" in found else 0
     out = []
-    for key, stage in TRAINERS:
+    for key, stage in trainers(spec):
         config = getattr(stages, key)
         if config is None:
             continue

@@ -25,6 +25,7 @@ class RewardStage(TrainingStage):
     """A scalar reward model (trl.RewardTrainer) on preference pairs. `trainer_args` go to trl.RewardConfig."""
 
     trl_config: ClassVar[str] = "trl.trainer.reward_config.RewardConfig"  # checks trainer_args keys at spec time
+    makes_policy: ClassVar[bool] = False
 
     learning_rate: float = trainer.learning_rate(1.0e-4)
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of pairs held out to measure pairwise "

@@ -100,6 +100,7 @@ class TrainingStage(StageConfig):
     """What every trainer stage shares. Anything else TRL's config takes goes through `trainer_args`."""
 
     trl_config: ClassVar[Optional[str]] = None  # TRL's config class (dotted): its fields are what trainer_args take
+    makes_policy: ClassVar[bool] = True  # trains the model that is served (the reward model's trainer does not)
 
     epochs: float = Field(1.0, gt=0, le=1000, description="passes over the data (fractions allowed)")
     learning_rate: float = learning_rate(2.0e-4)

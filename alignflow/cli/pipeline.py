@@ -7,8 +7,6 @@ from pathlib import Path
 
 from alignflow.cli.common import quiet_prefect, write_json
 
-EXIT_REJECTED = 3  # the gate rejected the candidate
-EXIT_SUPERSEDED = 4  # another run promoted first: this candidate was judged against a stale production
 
 
 def add_parsers(sub) -> None:
@@ -47,15 +45,13 @@ def cmd_run(args) -> int:
     quiet_prefect()
     from alignflow.service.server import prefect_api
     from flows.post_train import run_pipeline
-    from flows.runner import render
+    from flows.runner import EXIT_CODES, render
 
     with prefect_api():
         summary = run_pipeline(spec)
     print("\n" + render(summary))
     write_json(args.json_out, summary)
-    if summary["status"].startswith("rejected"):
-        return EXIT_REJECTED
-    return EXIT_SUPERSEDED if summary["status"] == "superseded" else 0
+    return EXIT_CODES.get(summary["status"], 0)
 
 
 def cmd_plan(args) -> int:

@@ -238,7 +238,7 @@ def worker_online(api_url: str, name: str) -> bool:
     try:
         with get_client(sync_client=True) as client:
             return any(w.name == name for w in client.read_workers_for_work_pool(POOL))
-    except Exception:  # the pool does not exist yet: the worker creates it when it starts
+    except Exception:  # noqa: BLE001 (the pool does not exist yet: the worker creates it when it starts)
         return False
 
 

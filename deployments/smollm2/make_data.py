@@ -63,7 +63,7 @@ def habits(p: dict, rng: random.Random) -> str:
 
 def splits() -> dict[str, list[dict]]:
     rng = random.Random(SEED)
-    names = [f"{f} {l}" for f in FIRST for l in LAST]
+    names = [f"{first} {last}" for first in FIRST for last in LAST]
     rng.shuffle(names)
     held_out, seen = names[:120], names[120:]
     out = {"sft": [], "preference": [], "eval": []}
@@ -103,12 +103,14 @@ FACTS = [  # (question, the right option, three wrong ones)
  ("What gas do plants take in from the air?", "Carbon dioxide", ["Helium", "Neon", "Argon"]),
  ("What is the chemical symbol for water?", "H2O", ["CO2", "NaCl", "O3"]),
  ("Which animal is known as the king of the jungle?", "The lion", ["The rabbit", "The mouse", "The sheep"]),
- ("What is the largest ocean on Earth?", "The Pacific Ocean", ["The Arctic Ocean", "The Indian Ocean", "The Southern Ocean"]),
+ ("What is the largest ocean on Earth?", "The Pacific Ocean",
+  ["The Arctic Ocean", "The Indian Ocean", "The Southern Ocean"]),
  ("Who wrote 'Romeo and Juliet'?", "William Shakespeare", ["Charles Dickens", "Mark Twain", "Jane Austen"]),
  ("Who painted the Mona Lisa?", "Leonardo da Vinci", ["Pablo Picasso", "Vincent van Gogh", "Claude Monet"]),
  ("What is 2 + 2?", "4", ["3", "5", "22"]),
  ("What is 10 times 10?", "100", ["20", "1000", "110"]),
- ("At what temperature does water boil at sea level?", "100 degrees Celsius", ["0 degrees Celsius", "50 degrees Celsius", "10 degrees Celsius"]),
+ ("At what temperature does water boil at sea level?", "100 degrees Celsius",
+  ["0 degrees Celsius", "50 degrees Celsius", "10 degrees Celsius"]),
  ("Which organ pumps blood through the human body?", "The heart", ["The lungs", "The liver", "The stomach"]),
  ("What do we call a baby cat?", "A kitten", ["A puppy", "A calf", "A foal"]),
  ("What is the opposite of hot?", "Cold", ["Warm", "Loud", "Tall"]),

