@@ -314,13 +314,28 @@ def policy_trainers() -> list[str]:
             if issubclass(kind, TrainingStage) and kind.makes_policy]
 
 
+def likelihood_problems(stages: Stages) -> list[str]:
+    """`answer_by: likelihood` through the server needs an engine that returns the prompt's log-probabilities."""
+    from serving.engine import engine_for
+
+    if not stages.evaluate or stages.evaluate.engine != "vllm" or not stages.deploy:
+        return []
+    engine = engine_for(stages.deploy.engine)
+    return [] if engine.prompt_logprobs else [
+        f"stages.evaluate.sets[{i}].answer_by: likelihood scores each option through the server's prompt "
+        f"log-probabilities, which {engine.label} does not return; set stages.evaluate.engine: llm_ckpt, or "
+        "answer_by: generation" for i, s in enumerate(stages.evaluate.sets) if s.answer_by == "likelihood"]
+
+
 # the stages whose settings are there unless the spec empties them: they run whenever they apply
 ALWAYS_SET = tuple(name for name, info in Stages.model_fields.items() if info.default_factory is not None)
 
 
 def serving_problems(stages: Stages) -> list[str]:
-    """The serving engine runs the quantized format; `deploy.mode: adapter` serves the adapter the last
-    trainer made, unquantized."""
+    """The serving engine runs the quantized format and scores options by likelihood when evaluation asks
+    it to; `deploy.mode: adapter` serves the adapter the last trainer made, unquantized."""
+    if problems := likelihood_problems(stages):
+        return problems
     if stages.quantize:
         engine = stages.deploy.engine if stages.deploy else "vllm"
         if problems := stages.quantize.serving_problems(engine):

@@ -72,6 +72,7 @@ class Engine(Protocol):
     health_path: str  # answers 200 once the server takes requests
     stop_signal: int  # what stops the server promptly (SIGKILL follows when it lingers)
     adapters: bool  # serves LoRA adapters, from the start and loaded at run time
+    prompt_logprobs: bool  # scores a given text (/tokenize, prompt_logprobs): evaluation's answer_by likelihood
     quantizations: dict[str, tuple[str, ...]]  # stages.quantize.method values it serves, per target cpu|gpu
 
     def problems(self, settings) -> list[str]:

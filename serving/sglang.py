@@ -53,6 +53,7 @@ class Sglang:
     health_path: str = "/health"  # 200 once it generated a token
     stop_signal: int = signal.SIGTERM
     adapters: bool = False
+    prompt_logprobs: bool = False  # vLLM's /tokenize with messages and prompt_logprobs have no SGLang twin
     # compressed-tensors checkpoints its GPU kernels load; its CPU backend is not offered here (see above)
     quantizations: dict = field(default_factory=lambda: {"cpu": (), "gpu": ("w8a8", "fp8", "w4a16",
                                                                              "int8_weight_only")})

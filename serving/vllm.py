@@ -47,6 +47,7 @@ class Vllm:
     health_path: str = "/health"
     stop_signal: int = signal.SIGINT  # vLLM stops on SIGINT in under a second
     adapters: bool = True
+    prompt_logprobs: bool = True
     # its kernels: the x86 CPU build runs int8 (w8a8) and, by its fallback, fp8; the weight-only int4/int8
     # GPTQ formats need the GPU kernels
     quantizations: dict = field(default_factory=lambda: {"cpu": ("w8a8", "fp8"),

@@ -83,6 +83,7 @@ class Echo:
     health_path: str = "/health"
     stop_signal: int = signal.SIGTERM
     adapters: bool = False
+    prompt_logprobs: bool = False
     quantizations: dict = field(default_factory=lambda: {{"cpu": (), "gpu": ()}})
 
     def problems(self, settings) -> list[str]:

@@ -102,6 +102,19 @@ def test_a_quantized_format_the_engine_cannot_run_is_refused_at_spec_time():
     assert parse_spec(raw).stages.deploy.engine == "vllm"
 
 
+def test_likelihood_scoring_through_a_server_that_cannot_is_refused_at_spec_time():
+    from flows.spec import parse_spec
+
+    mcq = {"name": "facts", "kind": "mcq", "path": "builtin://reverse/mcq", "answer_by": "likelihood"}
+    raw = {"name": "p", "model": "builtin://tiny-qwen2",
+           "data": {"sft": "builtin://reverse/sft", "eval": "builtin://reverse/eval"},
+           "stages": {"sft": {}, "evaluate": {"sets": [mcq]}, "deploy": {"engine": "sglang"}}}
+    with pytest.raises(Exception, match=r"sets\[0\].answer_by: likelihood .* SGLang does not return"):
+        parse_spec(raw)
+    raw["stages"]["evaluate"]["engine"] = "llm_ckpt"
+    assert parse_spec(raw).stages.evaluate.sets[0].answer_by == "likelihood"
+
+
 def test_requests_in_flight_are_read_from_each_engine_s_metrics():
     vllm, sglang = engine_for("vllm"), engine_for("sglang")
     assert vllm.requests_in_flight('vllm:num_requests_running{model_name="a"} 2.0\n'
