@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import Field, ValidationError, field_validator
 
 from alignflow.errors import ConfigError
+from alignflow.home import STORE
 from alignflow.names import DATASET_PATTERN, FRIENDLY, NAME_PATTERN, is_valid
 from flows.spec_yaml import apply_override, read_spec_file
 from tasks.config import StageConfig, valid_range
@@ -173,7 +174,7 @@ class PipelineSpec(StageConfig):
         "float32", description="the float type a GGUF model is dequantized to (other sources keep theirs)")
     data: DataSpec = Field(default_factory=DataSpec, description="where each split comes from")
     stages: Stages = Field(default_factory=Stages, description="what to run; a stage left empty is skipped")
-    store: str = Field(".alignflow/store", description="artifact store: a folder or s3://bucket/prefix")
+    store: str = Field(STORE, description="artifact store: a folder or s3://bucket/prefix")
     storage: Optional[str] = Field(None, description="for an s3:// store: a saved prefect-aws AwsCredentials "
                                                      "block to use instead of the AWS environment")
     retry: RetrySpec = Field(default_factory=RetrySpec, description="retries of transient failures")
