@@ -1,1 +1,1 @@
-"""The pipeline's flows, its spec and its command line."""
+"""The pipeline's flows (post-train, watch-data), its spec and its checks, and the stage runner."""
