@@ -121,6 +121,38 @@ CPU_DEFAULTS = {
 ENGINE = Vllm()
 
 
+class PromptScorer:
+    """Tokens and their log-probabilities from a vLLM server: /tokenize renders a chat with the served
+    template, /v1/completions with `prompt_logprobs` scores a given token sequence (evaluation's `answer_by:
+    likelihood`; an engine without them says `prompt_logprobs = False`)."""
+
+    def __init__(self, url: str, name: str, key: str | None):
+        import httpx
+
+        self.root, self.name = url.rstrip("/").removesuffix("/v1"), name
+        self.client = httpx.Client(timeout=600, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+    def post(self, path: str, body: dict) -> dict:
+        reply = self.client.post(self.root + path, json=dict(body, model=self.name))
+        if reply.status_code != 200:
+            raise RuntimeError(f"{path} answered {reply.status_code}: {reply.text[:500]}")
+        return reply.json()
+
+    def tokens(self, messages: list[dict], answer: bool) -> list[int]:
+        return self.post("/tokenize", {"messages": messages, "add_generation_prompt": not answer,
+                                       "continue_final_message": answer, "add_special_tokens": False})["tokens"]
+
+    def logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Each token's log-probability given those before it (the first has none)."""
+        reply = self.post("/v1/completions", {"prompt": sequences, "max_tokens": 1, "temperature": 0,
+                                              "prompt_logprobs": 0})
+        out = []
+        for choice, ids in zip(sorted(reply["choices"], key=lambda c: c["index"]), sequences):
+            steps = choice["prompt_logprobs"][1:]
+            out.append([step[str(token)]["logprob"] for step, token in zip(steps, ids[1:])])
+        return out
+
+
 def generate(python: str, env: dict, model_dir: Path, prompts: list[str], sampling: dict, workdir: Path) -> dict:
     """vLLM's offline engine in the serve env (a child process with its own torch): {"completions": [[n
     answers] per prompt], "tokens", "seconds"}. `sampling`: n, temperature, top_p, max_tokens, seed."""

@@ -4,9 +4,9 @@ tokens summed, and the most likely option is the model's choice, as lm-evaluatio
 choice. A small model that cannot follow "ANSWER: X" (SmolLM2-135M scores below chance that way) shows
 here what it knows.
 
-Through the server (`engine: vllm`): vLLM's /tokenize renders the chat (the question as a user turn, the
-option as the start of the assistant's), and /v1/completions with `prompt_logprobs` scores those very
-tokens, so the number comes from the served weights. With `engine: llm_ckpt`: transformers, the same
+Through the server (`engine: vllm`): the server renders the chat (the question as a user turn, the option
+as the start of the assistant's) and returns those very tokens' log-probabilities (serving/vllm.py:
+`PromptScorer`), so the number comes from the served weights. With `engine: llm_ckpt`: transformers, the same
 rendering with the model folder's template. Few-shot examples (`few_shot`, from `<subject>_dev.*`) are
 earlier turns with the right option as the answer.
 
@@ -45,37 +45,6 @@ def chats(row: dict, shots: list[dict]) -> tuple[list[dict], list[list[dict]]]:
                     {"role": "assistant", "content": shot[shot["answer"].strip().upper()]}]
     context.append({"role": "user", "content": row["question"]})
     return context, [context + [{"role": "assistant", "content": row[letter]}] for letter in LETTERS]
-
-
-class Served:
-    """Scores through a vLLM server's /tokenize and /v1/completions."""
-
-    def __init__(self, url: str, name: str):
-        import httpx
-
-        key = os.environ.get("ALIGNFLOW_EVAL_API_KEY")
-        self.root, self.name = url.rstrip("/").removesuffix("/v1"), name
-        self.client = httpx.Client(timeout=600, headers={"Authorization": f"Bearer {key}"} if key else {})
-
-    def post(self, path: str, body: dict) -> dict:
-        reply = self.client.post(self.root + path, json=dict(body, model=self.name))
-        if reply.status_code != 200:
-            raise RuntimeError(f"{path} answered {reply.status_code}: {reply.text[:500]}")
-        return reply.json()
-
-    def tokens(self, messages: list[dict], answer: bool) -> list[int]:
-        return self.post("/tokenize", {"messages": messages, "add_generation_prompt": not answer,
-                                       "continue_final_message": answer, "add_special_tokens": False})["tokens"]
-
-    def logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Each token's log-probability given those before it (the first has none)."""
-        reply = self.post("/v1/completions", {"prompt": sequences, "max_tokens": 1, "temperature": 0,
-                                              "prompt_logprobs": 0})
-        out = []
-        for choice, ids in zip(sorted(reply["choices"], key=lambda c: c["index"]), sequences):
-            steps = choice["prompt_logprobs"][1:]
-            out.append([step[str(token)]["logprob"] for step, token in zip(steps, ids[1:])])
-        return out
 
 
 class Local:
@@ -131,7 +100,12 @@ def answer(scorer, row: dict, shots: list[dict]) -> dict:
 def score_set(access: dict, item: dict, work: Path) -> None:
     """Score an mcq set (its folder and subjects in item['args']); write work/reports and work/predictions."""
     folder, subjects = Path(item["args"]["local_path"]), item["args"]["subset_list"]
-    scorer = Served(access["url"], access["name"]) if "url" in access else Local(access["path"])
+    if "url" in access:
+        from serving.vllm import PromptScorer
+
+        scorer = PromptScorer(access["url"], access["name"], os.environ.get("ALIGNFLOW_EVAL_API_KEY"))
+    else:
+        scorer = Local(access["path"])
     right = total = 0
     for subject in subjects:
         rows = read_rows(folder, subject, "val")[:item["limit"]]
