@@ -130,10 +130,11 @@ def spawn_detached(cmd: list[str], env: dict, log: Path, cwd: Path | str) -> sub
 
 def wait_ready(proc: subprocess.Popen, ready: Callable[[], bool], what: str, log: Path, timeout: float,
                exited: type[Exception], timed_out: type[Exception],
-               progress: Callable[[float], None] | None = None) -> None:
+               progress: Callable[[float], None] | None = None, setting: str = "") -> None:
     """Poll `ready()` until it holds. The process exiting first raises `exited`; `timeout` s passing raises
-    `timed_out`; either message ends with the log's last lines. On any failure (Ctrl-C included) the
-    process group is killed, so nothing unrecorded is left running. `progress(seconds)` every 15 s."""
+    `timed_out` (naming `setting`, the timeout's knob, when given); either message ends with the log's last
+    lines. On any failure (Ctrl-C included) the process group is killed, so nothing unrecorded is left
+    running. `progress(seconds)` every 15 s."""
     import signal
     import time
 
@@ -145,8 +146,9 @@ def wait_ready(proc: subprocess.Popen, ready: Callable[[], bool], what: str, log
                              f"{tail(log)}")
             waited = time.monotonic() - started
             if waited > timeout:
-                raise timed_out(f"{what} did not come up within {timeout:.0f}s; it was stopped. Last lines of "
-                                f"{log}:\n{tail(log)}")
+                knob = f" ({setting})" if setting else ""
+                raise timed_out(f"{what} did not come up within {timeout:.0f}s{knob}; it was stopped. Last lines "
+                                f"of {log}:\n{tail(log)}")
             if progress and waited - told >= 15:
                 told = waited
                 progress(waited)

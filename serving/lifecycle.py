@@ -81,7 +81,7 @@ def launch(engine: Engine, cmd: list[str], env: dict, log_path: Path, root: str,
     failure to start kills it, so no unrecorded server is left behind. Returns the process."""
     proc = spawn_detached(cmd, env, log_path, state_dir())
     wait_ready(proc, lambda: healthy(root + engine.health_path), f"deploy: {engine.label}", log_path, timeout,
-               exited=StageError, timed_out=TransientError)
+               exited=StageError, timed_out=TransientError, setting="stages.deploy.start_timeout")
     return proc
 
 
