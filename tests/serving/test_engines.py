@@ -5,7 +5,6 @@ and passes the same tests."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -50,15 +49,12 @@ def test_the_command_line_serves_the_folder_under_the_name_where_deploy_said(eng
     assert cmd[0] == "/serve/bin/python" and SECRET not in " ".join(cmd)
 
 
-def test_the_key_reaches_the_server_by_environment_and_only_there(engine, tmp_path):
+def test_the_key_reaches_the_server_by_environment_and_only_there(engine, tmp_path, monkeypatch):
     from serving.lifecycle import server_env
 
-    os.environ["AWS_SECRET_ACCESS_KEY"] = "aws-secret"
-    try:
-        env = server_env(engine, str(tmp_path), key=SECRET)
-        keyless = server_env(engine, str(tmp_path))
-    finally:
-        del os.environ["AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    env = server_env(engine, str(tmp_path), key=SECRET)
+    keyless = server_env(engine, str(tmp_path))
     assert env[engine.key_variable] == SECRET and engine.key_variable not in keyless
     assert "AWS_SECRET_ACCESS_KEY" not in env and "PYTHONPATH" not in env and env["HF_HUB_OFFLINE"] == "1"
     assert SECRET not in json.dumps(engine.arguments(launch()))
