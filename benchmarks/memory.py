@@ -359,7 +359,7 @@ def main() -> int:
                                                                  "only: nothing runs) and exit")
     args = parser.parse_args()
     from alignflow.service import server
-    from flows.runner import format_table
+    from alignflow.tables import format_table
 
     if args.gpu_table:
         print(format_table(gpu_table(), ["model", "train_sft", "trainable", "weights", "grads", "optim", "activ",

@@ -157,7 +157,7 @@ def result_store(store: str, credentials_block: str | None):
 
 
 def render_plan(spec, rows: list[dict], memory: tuple) -> str:
-    from flows.runner import format_table
+    from alignflow.tables import format_table
 
     counts = {status: sum(r["plan"] == status for r in rows) for status in ("cached", "would run", "runs every time")}
     head = (f"plan for pipeline {spec.name} (store: {spec.store}): {counts['cached']} cached, "
@@ -218,7 +218,7 @@ def render_memory(spec, rows: list[dict], memory: tuple) -> str:
     """The second table: each stage's estimated peak, part by part, in GiB, against what is free now."""
     import textwrap
 
-    from flows.runner import format_table
+    from alignflow.tables import format_table
     from tasks.memory import gib
 
     shape, found, estimates = memory

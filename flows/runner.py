@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from alignflow.errors import ConfigError, DataError, SourceError, UsageError
+from alignflow.tables import format_table
 from storage import ArtifactRef
 from tasks.gate import Decision
 from tasks.stage import DECLARATIONS
@@ -143,13 +144,6 @@ def _quietly(fn, *args) -> None:
         from prefect import get_run_logger
 
         get_run_logger().warning("could not update the dashboard (%s): %s", fn.__name__, exc)
-
-
-def format_table(rows: list[dict], columns: list[str]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
 
 
 def render(summary: dict) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from alignflow.errors import UsageError
 from alignflow.home import default_store
 from alignflow.names import check
-from flows.runner import format_table
+from alignflow.tables import format_table
 from storage import ArtifactStore, open_store
 
 

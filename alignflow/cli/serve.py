@@ -56,7 +56,7 @@ def record(name: str, verb: str):
 
 
 def cmd_ls(args) -> int:
-    from flows.runner import format_table
+    from alignflow.tables import format_table
     from serving.lifecycle import describe
     from serving.records import all_records
 

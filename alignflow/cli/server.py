@@ -8,7 +8,7 @@ from pathlib import Path
 from alignflow.cli.common import port_number, positive_int, quiet_prefect
 from alignflow.processes import tail
 from alignflow.service import server
-from flows.runner import format_table
+from alignflow.tables import format_table
 
 
 def add_parsers(sub) -> None:
