@@ -98,6 +98,11 @@ def placeholder(task, label: str, args: tuple):
     """What a stage that would run hands on: a Planned artifact (an adapter when its config trains one), or,
     for a check that returns a verdict (the gate), a passing one so the rest of the plan can be shown."""
     returns = str(inspect.signature(task.fn).return_annotation)
+    if "Decision" in returns:
+        from tasks.gate import Decision
+
+        return Decision(passed=True, reasons=[], score=0.0, base_score=0.0, production_score=None, win_rate=None,
+                        production=None, production_version=None)
     if "ArtifactRef" not in returns:
         return Unknown(passed=True, reasons=[], production_version=None)
     config = next((a for a in args if isinstance(a, StageConfig)), None)
