@@ -18,12 +18,13 @@ from serving.access import http_json, http_text
 from serving.engine import Engine, engine_for
 from serving.records import ServerRecord, remove_record, state_dir, users
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("alignflow.serve")
 
 
 def serve_python(configured: str | None = None, engine: str = "vllm") -> str:
     """The serve env's python: `configured` (stages.deploy.python), $ALIGNFLOW_SERVE_PYTHON, or .venv-serve."""
+    from alignflow.home import PROJECT_ROOT
+
     python = configured or os.environ.get("ALIGNFLOW_SERVE_PYTHON") or str(PROJECT_ROOT / ".venv-serve/bin/python")
     if not Path(python).exists():
         label = engine_for(engine).label

@@ -53,10 +53,11 @@ from serving.settings import Settings
 from storage import ArtifactRef, ArtifactStore
 
 
-def roll_out(run, model: ArtifactRef, settings: Settings, prompt: str, logger) -> tuple[ServerRecord, bool]:
+def roll_out(run, model: ArtifactRef, settings: Settings, prompt: str, key: str | None,
+             logger) -> tuple[ServerRecord, bool]:
     """Make `model` what the pipeline's name serves (see the module's docstring); `prompt` is the smoke
-    request. Returns the live record, and whether it changed (False: it served `model` already)."""
-    key = resolve_key(settings.api_key)
+    request, `key` the api key settings.api_key names. Returns the live record, and whether it changed
+    (False: it served `model` already)."""
     current = read_record(run.name)
     if current and serves(current, model.digest, key):
         return current, False

@@ -42,12 +42,13 @@ def serve(run: RunContext, model: ArtifactRef, config: DeployStage, prompts: lis
     from serving.load_test import measure_live
     from serving.rollout import roll_out
 
-    record, changed = roll_out(run, model, config, prompts[0], logger)
+    key = resolve_key(config.api_key)  # once: a Prefect Secret is read through the API
+    record, changed = roll_out(run, model, config, prompts[0], key, logger)
     if not changed:
         return already_serving(run, model, config, record, logger)
     if config.load_test:
-        record.load_test = measure_live(record, config.load_test, prompts, resolve_key(config.api_key),
-                                        run.log_file("deploy-load-test"), logger)
+        record.load_test = measure_live(record, config.load_test, prompts, key, run.log_file("deploy-load-test"),
+                                        logger)
     return record_deployment(run, model, config, record, "started")
 
 

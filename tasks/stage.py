@@ -138,7 +138,7 @@ class ArtifactCachePolicy(CachePolicy):
     """
 
     stage: str = ""
-    modules: tuple[str, ...] = ()  # the stage's module, then any it reaches only dynamically: see code_version
+    modules: tuple[str, ...] = ()  # the stage's module: code_version follows what it reaches
     libraries: tuple[str, ...] = ()
     root: Path = imports.ROOT  # where the project's sources are
 
@@ -258,13 +258,11 @@ def library_output(run: RunContext | None, stage: str):
     return output_to(run.log_file(stage))
 
 
-def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = (), cached: bool = True,
+def stage(name: str, libraries: tuple[str, ...] = (), cached: bool = True,
           accelerator: bool = False, config: type[StageConfig] | None = None, needs: tuple[str, ...] = (),
           key_metric: str | None = None) -> Callable:
     """Make `fn` a retried Prefect task keyed on content (or never cached, for `cached=False`).
 
-    `uses`: project modules the stage reaches only dynamically (by a name built at run time), added to
-    those its module's imports reach (code_version); most stages need none.
     `accelerator`: the stage holds a slot of the run's accelerator concurrency limit while it works.
     `config`, `needs`, `key_metric`: the stage's declaration (tasks/config.py: Declaration); the config class
     learns it too, so the spec checks a stage's needs from its settings alone."""
@@ -274,7 +272,7 @@ def stage(name: str, libraries: tuple[str, ...] = (), uses: tuple[str, ...] = ()
         config.declaration = declaration
 
     def wrap(fn: Callable) -> Callable:
-        modules = (fn.__module__, *uses)
+        modules = (fn.__module__,)  # and every project module it reaches: code_version
         signature = inspect.signature(fn)
 
         @functools.wraps(fn)

@@ -13,7 +13,8 @@ import sys
 from datetime import timedelta
 
 from alignflow.errors import ConfigError
-from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError, project_root
+from alignflow.home import PROJECT_ROOT
+from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError
 
 SPEC_VARIABLE = "alignflow_spec"
 
@@ -27,7 +28,7 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
     block_id = notification_block(spec.service.notify) if spec.service.notify else None  # before any write
     ensure_process_pool(POOL)
     Variable.set(SPEC_VARIABLE, spec.to_dict(), overwrite=True)
-    env = dict(os.environ, PREFECT_API_URL=api_url, ALIGNFLOW_PROJECT_DIR=project_dir or str(project_root()),
+    env = dict(os.environ, PREFECT_API_URL=api_url, ALIGNFLOW_PROJECT_DIR=project_dir or str(PROJECT_ROOT),
                ALIGNFLOW_WORK_POOL=pool,
                ALIGNFLOW_PIPELINE=spec.name, ALIGNFLOW_NIGHTLY_CRON=spec.service.nightly.cron,
                ALIGNFLOW_TIMEZONE=spec.service.nightly.timezone)
@@ -49,8 +50,8 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
 
 def prefect_deploy(env: dict, *args: str) -> None:
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file",
-           str(project_root() / "prefect.yaml"), *args]
-    proc = subprocess.run(cmd, cwd=project_root(), env=env, capture_output=True, text=True)
+           str(PROJECT_ROOT / "prefect.yaml"), *args]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or "Skipping deployment" in proc.stdout:
         raise ServerError(f"prefect deploy {' '.join(args)} failed (exit {proc.returncode}):\n"
                           f"{(proc.stdout + proc.stderr)[-3000:]}")

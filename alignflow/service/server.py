@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from alignflow.errors import AlignflowError
-from alignflow.home import home_dir
+from alignflow.home import PROJECT_ROOT, home_dir
 from alignflow.processes import (
     free_port,
     is_process,
@@ -188,7 +188,7 @@ def start_server(database: str | None, port: int | None = None) -> dict:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     log = home() / "server.log"
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = spawn_detached(cmd, env, log, project_root())
+    proc = spawn_detached(cmd, env, log, PROJECT_ROOT)
     wait_until(lambda: api_healthy(api_url, timeout=5), proc, "the Prefect server", log, START_TIMEOUT)
     return {"pid": proc.pid, "pid_start": process_start(proc.pid), "api_url": api_url, "ui_url": ui_url,
             "log": str(log), "database": "custom" if database else "PREFECT_HOME", "started_at": time.time()}
@@ -202,7 +202,7 @@ def start_worker(api_url: str) -> dict:
     log = home() / "worker.log"
     name = f"alignflow-{socket.gethostname()}"
     cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
-    proc = spawn_detached(cmd, env, log, project_root())
+    proc = spawn_detached(cmd, env, log, PROJECT_ROOT)
     wait_until(lambda: worker_online(api_url, name), proc, "the Prefect worker", log, START_TIMEOUT)
     return {"pid": proc.pid, "pid_start": process_start(proc.pid), "name": name, "pool": POOL, "log": str(log),
             "started_at": time.time()}
@@ -217,12 +217,6 @@ def prefect_env(api_url: str | None) -> dict:
     # the worker's flow runs find `alignflow`, `python` and the project's packages
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
-
-
-def project_root() -> Path:
-    from alignflow.home import PROJECT_ROOT
-
-    return PROJECT_ROOT
 
 
 def wait_until(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float) -> None:
