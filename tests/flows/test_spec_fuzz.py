@@ -20,14 +20,16 @@ DEMO = yaml.safe_load(Path("deployments/demo.yaml").read_text())
 FIELDS = ["name", "model", "store", "storage", "data.sft", "data.eval_fraction", "data.on_bad_rows",
           "stages.sft", "stages.sft.epochs", "stages.sft.tuner", "stages.sft.lora.r", "stages.sft.trainer_args",
           "stages.dpo.beta", "stages.dpo.loss_type", "stages.gate", "stages.gate.min_score", "stages.deploy.host",
-          "stages.deploy.extra_args", "stages.deploy.api_key", "stages.deploy.port", "stages.evaluate.sets",
+          "stages.deploy.extra_args", "stages.deploy.api_key", "stages.deploy.port", "stages.deploy.engine",
+          "stages.deploy.mode", "stages.evaluate.sets",
           "stages.quantize.method", "service.nightly.cron", "service.nightly.timezone", "service.notify",
           "service.watch.sources", "retry.retries", "stages.merge", "stages.judge", "stages", "data"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
                     st.sampled_from(["", " ", "lora", "full", "0.0.0.0", "--host", "env:", "s3://", "1e-4", "\n",
-                                     "../../x", "demo/x\n", "ipoo", "* * * * * *", "Europe/Berln"]))
+                                     "../../x", "demo/x\n", "ipoo", "* * * * * *", "Europe/Berln", "sglang",
+                                     "adapter"]))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                       max_leaves=12)

@@ -68,6 +68,17 @@ def test_extra_args_may_not_set_again_what_deploy_decides(engine, option):
         assert "x" not in problems[0].split(";")[0].split()[-1]  # the value is never quoted back
 
 
+def test_an_engine_that_is_not_one_is_refused_naming_the_field_and_the_choices():
+    from alignflow.errors import ConfigError
+    from flows.spec import parse_spec
+
+    raw = {"name": "p", "model": "builtin://tiny-qwen2", "stages": {"deploy": {"engine": "lmdeploy"}}}
+    with pytest.raises(ConfigError, match=r"stages\.deploy\.engine.*'vllm'.*'sglang'"):
+        parse_spec(raw)
+    raw["stages"]["deploy"] = {"backend": "vllm"}  # the field's earlier name is still read
+    assert parse_spec(raw).stages.deploy.engine == "vllm"
+
+
 def test_each_engine_refuses_its_own_spelling_of_the_model_and_context_length():
     assert DeployStage(engine="vllm", extra_args=["--max-model-len", "9"]).problems()
     assert DeployStage(engine="sglang", extra_args=["--context-length", "9"]).problems()
