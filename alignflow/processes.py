@@ -30,8 +30,17 @@ def pid_alive(pid: int | None) -> bool:
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
-    except ChildProcessError:  # not our child: it exists
-        return True
+    except ChildProcessError:  # not our child: it exists, unless it is another process's unreaped zombie
+        return not is_zombie(pid)
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether `pid` has exited and waits for its parent to reap it (state Z in /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].startswith("Z")
 
 
 def process_start(pid: int) -> int | None:
