@@ -88,7 +88,7 @@ class ArtifactStore:
     def put_dir(self, name: str, kind: str, src: Path, *, metadata: dict | None = None,
                 lineage: dict | None = None, metrics: dict | None = None) -> ArtifactRef:
         """Upload a folder as the next version of `name` (or return the latest, if identical)."""
-        files = self._upload_tree(Path(src))
+        files = self.upload_tree(Path(src))
         manifest = {"kind": kind, "files": files, "metadata": metadata or {}, "metrics": metrics or {}}
         digest = manifest_digest(manifest)
         record = dict(manifest, lineage=lineage or {})
@@ -99,7 +99,7 @@ class ArtifactStore:
                 pass  # someone wrote the same content first: equally good
         return self._publish_version(name, kind, digest, manifest["metrics"], lineage or {})
 
-    def _upload_tree(self, src: Path) -> dict:
+    def upload_tree(self, src: Path) -> dict:
         """Hash files one after another here while a pool uploads the ones already hashed, so hashing
         overlaps the network instead of preceding it. Returns the manifest's `files` mapping."""
         files, pending = {}, []
@@ -198,10 +198,14 @@ class ArtifactStore:
         tree = self.cache_dir / "trees" / ref.digest.removeprefix("sha256:")
         if tree.exists():
             return tree
-        files = self.manifest(ref.digest)["files"]
-        tmp = Path(tempfile.mkdtemp(dir=self._mkdir(self.cache_dir / "trees"), prefix=".tmp-"))
+        return self.materialize(self.manifest(ref.digest)["files"], tree, ref.label)
+
+    def materialize(self, files: dict, tree: Path, label: str) -> Path:
+        """A manifest's `files` mapping (what `upload_tree` returned) as the read-only folder `tree`; `label`
+        names what it is in errors."""
+        tmp = Path(tempfile.mkdtemp(dir=self._mkdir(tree.parent), prefix=".tmp-"))
         try:
-            blobs = parallel(lambda info: self._cached_blob(info["sha256"], ref), list(files.values()))
+            blobs = parallel(lambda info: self._cached_blob(info["sha256"], label), list(files.values()))
             for rel, blob in zip(files, blobs):
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +215,12 @@ class ArtifactStore:
             pass  # another process materialized it first
         except OSError as exc:
             if not tree.exists():
-                raise StorageError(f"could not materialize {ref.label} into {tree}: {exc}") from exc
+                raise StorageError(f"could not materialize {label} into {tree}: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return tree
 
-    def _cached_blob(self, hexdigest: str, ref: ArtifactRef) -> Path:
+    def _cached_blob(self, hexdigest: str, label: str) -> Path:
         path = self.cache_dir / "blobs" / hexdigest[:2] / hexdigest[2:]
         if path.exists():
             return path
@@ -227,12 +231,12 @@ class ArtifactStore:
             actual = self._fetch_blob(hexdigest, Path(tmp))
             if actual != hexdigest:
                 raise StorageError(
-                    f"blob {hexdigest[:12]} of {ref.label} is corrupt in store {self.uri} "
+                    f"blob {hexdigest[:12]} of {label} is corrupt in store {self.uri} "
                     f"(its content hashes to {actual[:12]}); restore it or re-run the stage that made it")
             os.chmod(tmp, 0o444)
             os.replace(tmp, path)
         except ObjectNotFound:
-            raise StorageError(f"blob {hexdigest[:12]} of {ref.label} is missing from store {self.uri}") from None
+            raise StorageError(f"blob {hexdigest[:12]} of {label} is missing from store {self.uri}") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return path

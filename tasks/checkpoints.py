@@ -51,7 +51,8 @@ class StoredCheckpoints:
     """The store's copy of one stage's checkpoints (see the module's docstring)."""
 
     def __init__(self, store: ArtifactStore, stage_key: str, logger: logging.Logger):
-        self.backend, self.prefix, self.logger = store.backend, f"{PREFIX}/{stage_key}", logger
+        self.store, self.key, self.logger = store, stage_key, logger
+        self.backend, self.prefix = store.backend, f"{PREFIX}/{stage_key}"
         self.where = f"{store.uri.rstrip('/')}/{self.prefix}"
         self._pending: Path | None = None  # the newest snapshot not yet uploaded
         self._lock = threading.Lock()
@@ -125,19 +126,33 @@ class StoredCheckpoints:
             shutil.rmtree(snapshot, ignore_errors=True)
 
     def _upload(self, snapshot: Path) -> None:
+        step, started = step_of(snapshot), time.monotonic()
+        files = self.commit(step, self.put_files(snapshot))
+        self.logger.info("checkpoint at step %d stored in %s (%s in %.1fs)", step, self.where,
+                         _megabytes(files.values()), time.monotonic() - started)
+
+    def put_files(self, checkpoint: Path) -> dict:
+        """Upload the files of `checkpoint` (`.../checkpoint-N`); not yet the newest until `commit(N)`. Several
+        processes may each put their own part of checkpoint N (a worker's optimizer shard, its RNG state)."""
         from storage.store import parallel
 
-        step, started = step_of(snapshot), time.monotonic()
-        files = {p.relative_to(snapshot).as_posix(): p.stat().st_size
-                 for p in sorted(snapshot.rglob("*")) if p.is_file()}
-        parallel(lambda rel: self.backend.put_file(f"{self.prefix}/{step}/{rel}", snapshot / rel), list(files), 4)
+        step = step_of(checkpoint)
+        files = {p.relative_to(checkpoint).as_posix(): p.stat().st_size
+                 for p in sorted(checkpoint.rglob("*")) if p.is_file()}
+        parallel(lambda rel: self.backend.put_file(f"{self.prefix}/{step}/{rel}", checkpoint / rel), list(files), 4)
+        return files
+
+    def commit(self, step: int, sizes: dict) -> dict:
+        """Point `latest.json` at checkpoint `step`, whose files are all in (this process's, with their `sizes`,
+        and any other process's), then delete the older ones; the files ({relpath: size, 0 when not known})."""
+        files = {key.removeprefix(f"{self.prefix}/{step}/"): 0 for key in self.backend.list(f"{self.prefix}/{step}/")}
+        files.update(sizes)
         self.backend.put(f"{self.prefix}/latest.json", json.dumps({"step": step, "files": files}).encode())
         for key in self.backend.list(f"{self.prefix}/"):  # the older checkpoints
             if not key.startswith(f"{self.prefix}/{step}/") and not key.endswith("/latest.json"):
                 self.backend.delete(key)
         self.stored_step = step
-        self.logger.info("checkpoint at step %d stored in %s (%s in %.1fs)", step, self.where,
-                         _megabytes(files.values()), time.monotonic() - started)
+        return files
 
 
 def _link_tree(src: Path, dest: Path) -> None:

@@ -14,8 +14,13 @@ from storage import ArtifactRef, ArtifactStore
 
 def model_chain(store: ArtifactStore, ref: ArtifactRef) -> list[Path]:
     """Local folders to load in order: full weights first, then each adapter on top."""
+    return [store.get_dir(r) for r in chain_refs(store, ref)]
+
+
+def chain_refs(store: ArtifactStore, ref: ArtifactRef) -> list[ArtifactRef]:
+    """The artifacts `model_chain` loads, in its order."""
     if ref.kind != "adapter":
-        return [store.get_dir(ref)]
+        return [ref]
     base = store.manifest(ref.digest)["metadata"].get("base")
     if not base:
         raise StorageError(f"adapter {ref.label} does not record its base model; re-run the stage that made it")
@@ -23,7 +28,7 @@ def model_chain(store: ArtifactStore, ref: ArtifactRef) -> list[Path]:
     if base_ref.digest != base["digest"]:
         raise StorageError(f"adapter {ref.label} was trained on {base['name']}@{base['version']} "
                            f"({base['digest'][:19]}), which now has another digest: the store is corrupt")
-    return model_chain(store, base_ref) + [store.get_dir(ref)]
+    return chain_refs(store, base_ref) + [ref]
 
 
 def base_record(ref: ArtifactRef) -> dict:
