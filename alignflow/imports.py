@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("alignflow", "deployments", "flows", "serving", "storage", "tasks")  # the top-level packages
+PACKAGES = ("alignflow", "deployments", "distributed", "flows", "serving", "storage", "tasks")  # the top-level packages
 Project = dict[str, Path]  # modules(): the functions below take one, or list this repository's
 
 

@@ -25,10 +25,11 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
     stages = [(f"`stages.{name}`", _model(field.annotation)) for name, field in spec.Stages.model_fields.items()]
     from tasks.grpo import GRPORewards
     from tasks.on_policy import SampleSpec, ScoreSpec
-    from tasks.trainer import LoraSpec
+    from tasks.trainer import LoraSpec, Resources
 
     return [("Top level", spec.PipelineSpec), ("`data`", spec.DataSpec), *stages,
-            ("`stages.<sft|dpo|kto|orpo|cpo|grpo>.lora`", LoraSpec), ("`stages.dpo.sampling`", SampleSpec),
+            ("`stages.<sft|dpo|kto|orpo|cpo|grpo>.lora`", LoraSpec),
+            ("`stages.<sft|reward|dpo|kto|orpo|cpo|grpo>.resources`", Resources), ("`stages.dpo.sampling`", SampleSpec),
             ("`stages.dpo.scoring`", ScoreSpec), ("`stages.grpo.rewards`", GRPORewards),
             ("`retry`", spec.RetrySpec), ("`service`", spec.ServiceSpec), ("`service.nightly`", spec.ScheduleSpec),
             ("`service.watch`", spec.WatchSpec)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
@@ -81,3 +81,15 @@ def _number(value) -> str:
     """1048576 -> '1048576', 0.5 -> '0.5' (never '1.04858e+06')."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
+
+
+class RayWorkers(StageConfig):
+    """Where work runs on a Ray cluster (`engine: ray`): how many workers, what each reserves, which cluster."""
+
+    workers: int = Field(1, ge=1, le=4096, description="engine ray: workers (one process each, spread over the "
+                                                       "nodes)")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="engine ray: CPUs each worker reserves")
+    gpus_per_worker: float = Field(0.0, ge=0, le=64, description="engine ray: GPUs each worker reserves (NCCL "
+                                                                 "when > 0, else gloo)")
+    address: Optional[str] = Field(None, description="engine ray: the cluster's address (host:port); default "
+                                                     "$RAY_ADDRESS, else the cluster `alignflow ray up` started")

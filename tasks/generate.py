@@ -18,8 +18,9 @@ def ready_to_answer(store, model: ArtifactRef, asked: list[list[dict]], dest: Pa
 
 
 def hf_generate(model_dir: Path, prompts: list[str], max_tokens: int, batch_size: int, k: int = 1,
-                **sampling) -> dict:
-    """Answers to rendered prompts with transformers' `generate` (greedy unless `sampling` says otherwise)."""
+                batch_seed: int | None = None, **sampling) -> dict:
+    """Answers to rendered prompts with transformers' `generate` (greedy unless `sampling` says otherwise).
+    With `batch_seed`, batch j draws with seed `batch_seed + j`: the answers to a batch depend on it alone."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -30,6 +31,8 @@ def hf_generate(model_dir: Path, prompts: list[str], max_tokens: int, batch_size
     completions, tokens, started = [], 0, time.monotonic()
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
+            if batch_seed is not None:
+                torch.manual_seed(batch_seed + start // batch_size)
             batch = encode_chat(tokenizer, prompts[start:start + batch_size], return_tensors="pt", padding=True)
             out = model.generate(**batch, max_new_tokens=max_tokens, num_return_sequences=k,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)

@@ -12,22 +12,32 @@ from __future__ import annotations
 import json
 import statistics
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from storage import ArtifactRef
-from tasks.config import StageConfig
+from tasks.config import RayWorkers
 from tasks.models import conversations
 from tasks.stage import RunContext, publish, stage
 
 LIBRARIES = ("torch", "transformers", "peft")
 
 
-class JudgeStage(StageConfig):
+class JudgeStage(RayWorkers):
     """Reward-model judgement of the candidate against the SFT policy (runs when stages.reward is set)."""
 
     prompts: int = Field(64, ge=1, le=1000000, description="held-out prompts from the eval split")
     max_tokens: int = Field(64, ge=1, le=65536, description="generation budget per answer (greedy)")
     batch_size: int = Field(16, ge=1, le=4096, description="prompts answered, and answers scored, at once")
+    engine: Literal["local", "ray"] = Field("local", description="local: answer here; ray: on `workers` Ray "
+                                                                 "workers, the prompts split by batch")
+
+    @model_validator(mode="after")
+    def _ray_settings(self) -> "JudgeStage":
+        if self.engine != "ray" and (self.workers > 1 or self.address):
+            raise ValueError("workers and address are engine ray's; set engine: ray")
+        return self
 
 
 @stage("judge", config=JudgeStage, key_metric="win_rate", libraries=LIBRARIES, accelerator=True)
@@ -43,8 +53,16 @@ def judge(run: RunContext, candidate: ArtifactRef, reference: ArtifactRef, rewar
     answers = {}
     for role, ref in (("candidate", candidate), ("reference", reference)):
         folder, texts = ready_to_answer(store, ref, asked, workdir / role)
-        answers[role] = [a[0] for a in hf_generate(folder, texts, config.max_tokens, config.batch_size,
-                                                   do_sample=False)["completions"]]
+        if config.engine == "ray":
+            from distributed import fanout
+            from tasks.models import chain_refs
+
+            settings = {"max_tokens": config.max_tokens, "batch_size": config.batch_size, "do_sample": False}
+            result = fanout.answer(store, run.credentials_block, chain_refs(store, ref), texts, settings, config,
+                                   workdir / f"ray-{role}", get_run_logger())
+        else:
+            result = hf_generate(folder, texts, config.max_tokens, config.batch_size, do_sample=False)
+        answers[role] = [a[0] for a in result["completions"]]
     model, tokenizer, max_length = stored_reward_model(store, reward)
     scores = {role: rewards(model, tokenizer, [m + [{"role": "assistant", "content": a}]
                                                for m, a in zip(asked, answers[role])], max_length, config.batch_size)

@@ -520,7 +520,9 @@ def forward_sizes(ctx: Context, stage: str, config, tuner: str, f: int) -> dict:
 
 
 def processes(config) -> int:
-    """N: training processes in all (per machine x machines)."""
+    """N: training processes in all (per machine x machines, or the Ray workers)."""
+    if config.resources.engine == "ray":
+        return config.resources.workers
     return (config.resources.processes or 1) * config.resources.machines
 
 
@@ -726,7 +728,11 @@ def problems(spec) -> list[str]:
     if isinstance(shape, str):
         return []
     found = devices()
-    return [refusal(spec, shape, e, found) for e in estimates(spec, shape, found) if e.need > found[e.device].free]
+    # a trainer on a Ray cluster (resources.engine: ray) holds its memory on the cluster's nodes, not here
+    remote = {(key, stage) for key, stage in trainers(spec)
+              if getattr(spec.stages, key) is not None and getattr(spec.stages, key).resources.engine == "ray"}
+    return [refusal(spec, shape, e, found) for e in estimates(spec, shape, found)
+            if e.need > found[e.device].free and (e.key, e.stage) not in remote]
 
 
 def refusal(spec, shape: Shape, estimate: Estimate, found: dict[str, Device]) -> str:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tasks.config import StageConfig
+from tasks.config import RayWorkers, StageConfig
 
 
-class SampleSpec(StageConfig):
+class SampleSpec(RayWorkers):
     """How answers are drawn from the policy (for on-policy pairs)."""
 
     k: int = Field(4, ge=2, le=64, description="answers drawn per prompt; the best and the worst become a pair")
@@ -20,11 +20,19 @@ class SampleSpec(StageConfig):
                                                       "much probability")
     max_tokens: int = Field(64, ge=1, le=65536, description="generation budget per answer")
     max_prompts: Optional[int] = Field(None, ge=1, description="sample for at most this many prompts (empty: all)")
-    engine: Literal["auto", "vllm", "transformers"] = Field(
+    engine: Literal["auto", "vllm", "transformers", "ray"] = Field(
         "auto", description="vllm: the serve env's offline engine; transformers: generate in the worker; auto: "
-                            "vLLM on a GPU host where it can run the model, else transformers")
-    batch_size: int = Field(16, ge=1, le=4096, description="prompts per generate call (transformers engine)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed")
+                            "vLLM on a GPU host where it can run the model, else transformers; ray: transformers "
+                            "on `workers` Ray workers, the prompts split between them by batch (distributed/)")
+    batch_size: int = Field(16, ge=1, le=4096, description="prompts per generate call (transformers and ray)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed (engine ray: batch i draws with seed + i, "
+                                                          "so the answers do not depend on the number of workers)")
+
+    @model_validator(mode="after")
+    def _ray_settings(self) -> "SampleSpec":
+        if self.engine != "ray" and (self.workers > 1 or self.address):
+            raise ValueError("workers and address are engine ray's; set engine: ray")
+        return self
 
 
 class ScoreSpec(StageConfig):

@@ -33,7 +33,10 @@ def sample(run: RunContext, model: ArtifactRef, prompts: ArtifactRef, config: Sa
     logger, store, workdir = get_run_logger(), run.open_store(), run.workdir()
     asked = conversations(store.get_dir(prompts) / "data.jsonl", config.max_prompts, with_answers=False)
     folder, texts = ready_to_answer(store, model, asked, workdir / "policy")
-    result = generate(folder, texts, config, run.cache_dir, workdir, logger)
+    if config.engine == "ray":
+        result = on_ray(run, store, model, texts, config, workdir, logger)
+    else:
+        result = generate(folder, texts, config, run.cache_dir, workdir, logger)
     out = workdir / "output"
     out.mkdir(exist_ok=True)
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
@@ -61,6 +64,18 @@ def generate(model_dir: Path, prompts: list[str], config: SampleSpec, cache_dir:
                 raise
             logger.warning("sample: vLLM cannot sample here, using transformers instead (%s)", str(exc)[-800:])
     return with_transformers(model_dir, prompts, config)
+
+
+def on_ray(run: RunContext, store, model: ArtifactRef, texts: list[str], config: SampleSpec, workdir: Path,
+           logger) -> dict:
+    """transformers on Ray workers, batch i seeded with seed + i (distributed/fanout.py)."""
+    from distributed import fanout
+    from tasks.models import chain_refs
+
+    settings = {"max_tokens": config.max_tokens, "batch_size": config.batch_size, "k": config.k,
+                "batch_seed": config.seed, "do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    return fanout.answer(store, run.credentials_block, chain_refs(store, model), texts, settings, config,
+                         workdir / "ray", logger)
 
 
 def with_vllm(model_dir: Path, prompts: list[str], config: SampleSpec, cache_dir: str, workdir: Path) -> dict:

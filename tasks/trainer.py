@@ -16,7 +16,6 @@ Child side: `python -m tasks.trainer JOB.json` imports the stage's module and ca
 from __future__ import annotations
 
 import collections
-import importlib
 import json
 import logging
 import os
@@ -33,13 +32,12 @@ from alignflow.errors import AlignflowError, ConfigError, DataError, StageError,
 from alignflow.processes import free_port, owned_group, stop_group
 from alignflow.secrets import child_env
 from storage.store import default_cache_dir
-from tasks import lm_head, report
+from tasks import report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
-from tasks.config import StageConfig
+from tasks.child import PROGRESS, SEED, describe_failure, emit, run_stage
+from tasks.config import RayWorkers, StageConfig
 
-PROGRESS = "@@alignflow-progress "
 PROGRESS_KEYS = ("loss", "reward", "rewards/margins", "rewards/accuracies", "mean_token_accuracy", "learning_rate")
-SEED = 42
 
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")  # whose versions shape a trainer's result
@@ -75,8 +73,9 @@ class LoraSpec(StageConfig):
                           task_type=task_type)
 
 
-class Resources(StageConfig):
-    """How wide a trainer runs: processes through `accelerate launch`, sharding through DeepSpeed or FSDP."""
+class Resources(RayWorkers):
+    """How wide a trainer runs: processes through `accelerate launch`, or workers on a Ray cluster
+    (`engine: ray`); sharding through DeepSpeed or FSDP."""
 
     processes: int = Field(0, ge=0, le=4096, description="training processes per machine (0: one per GPU, or one "
                                                          "on a CPU host)")
@@ -88,11 +87,19 @@ class Resources(StageConfig):
     machines: int = Field(1, ge=1, le=1024, description="machines that train together; each runs the stage with "
                                                         "ALIGNFLOW_MACHINE_RANK and ALIGNFLOW_MAIN_PROCESS=host:port "
                                                         "set (docs/OPERATIONS.md)")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: processes on this machine (accelerate); ray: `workers` Ray Train workers on a "
+                             "Ray cluster, inputs and checkpoints through the store (distributed/)")
 
     @model_validator(mode="after")
     def _one_sharding(self) -> "Resources":
         if self.deepspeed != "none" and self.fsdp != "none":
             raise ValueError("deepspeed and fsdp both shard the model; choose one")
+        if self.engine == "ray" and (self.machines > 1 or self.processes > 1 or self.fsdp != "none"):
+            raise ValueError("engine ray places `workers` on the cluster's nodes itself: leave machines and "
+                             "processes unset (and fsdp: use deepspeed)")
+        if self.engine == "local" and (self.workers > 1 or self.address):
+            raise ValueError("workers and address are engine ray's; set resources.engine: ray")
         return self
 
 
@@ -108,7 +115,8 @@ class TrainingStage(StageConfig):
     max_length: int = Field(1024, ge=8, le=1048576, description="tokens per row; longer rows are truncated")
     trainer_args: dict = Field(default_factory=dict,
                                description="forwarded unchanged to TRL's config class (e.g. {max_steps: 100})")
-    resources: Resources = Field(default_factory=Resources, description="processes, machines, DeepSpeed or FSDP")
+    resources: Resources = Field(default_factory=Resources,
+                                 description="processes, machines, DeepSpeed or FSDP; or a Ray cluster")
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "trackio", "swanlab"]] = Field(
         default_factory=list, description="experiment trackers TRL reports to (their packages and credentials from "
                                           "the environment); tensorboard's logs are kept in the output artifact")
@@ -140,7 +148,8 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     import torch
 
     logger = logger or logging.getLogger(f"alignflow.{stage}")
-    if checkpoints:
+    on_ray = "ray" in job  # the workers restore and store the checkpoints themselves (distributed/worker.py)
+    if checkpoints and not on_ray:
         checkpoints.restore(workdir / "checkpoints")
     log_file = log_file or workdir / "trainer.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -149,12 +158,15 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     job = dict(job, stage=stage, stage_module=module, workdir=str(workdir))
     (workdir / "job.json").write_text(json.dumps(job, indent=2))
     gpus = torch.cuda.device_count()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           *launch_flags(job["config"].get("resources") or {}, gpus), "-m", "tasks.trainer", str(workdir / "job.json")]
-    env = trainer_env(job["config"], gpus)
+    if on_ray:
+        cmd = [sys.executable, "-m", "distributed.driver", str(workdir / "job.json")]
+        env = trainer_env(job["config"], gpus, RAY_DEDUP_LOGS="0", RAY_COLOR_PREFIX="0")
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(job["config"].get("resources") or {},
+               gpus), "-m", "tasks.trainer", str(workdir / "job.json")]
+        env = trainer_env(job["config"], gpus)
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    started, progress = time.monotonic(), report.ProgressArtifact(f"{dashboard_key}-progress", f"{stage} steps") \
-        if dashboard_key else None
+    reader = Reader(stage, logger, None if on_ray else checkpoints, workdir, dashboard_key)
     logger.info("%s: trainer output goes to %s", stage, log_file)
     # its own process group: whatever ends the parent early (Ctrl-C, a cancelled run, a crash) stops the
     # launcher and the trainer with it, instead of leaving them training for nobody
@@ -163,9 +175,8 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
             open(log_file, "a", encoding="utf-8") as log:
         try:
             for line in proc.stdout:
-                if line.startswith(PROGRESS):
-                    on_progress(json.loads(line[len(PROGRESS):]), stage, started, logger, checkpoints, progress,
-                                workdir)
+                if PROGRESS in line:  # a Ray worker's comes prefixed "(RayTrainWorker pid=...) "
+                    reader.read(line[line.index(PROGRESS) + len(PROGRESS):])
                 elif line.strip():
                     log.write(line)
                     tail.append(line.rstrip())
@@ -173,34 +184,66 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
         except BaseException:
             stop_group(proc.pid, signal.SIGTERM, timeout=10)
             raise
-    if checkpoints:
+    if checkpoints and not on_ray:
         checkpoints.wait()  # the last checkpoint is the retry's starting point: store it before failing
+    if code == 0 and on_ray:
+        from distributed.worker import receive
+
+        receive(checkpoints.store, checkpoints.key, workdir, stage)
     if code == 0 and (workdir / "result.json").exists():
         if dashboard_key:
-            show_curves(workdir, stage, dashboard_key, progress)
-        return json.loads((workdir / "result.json").read_text())
+            show_curves(workdir, stage, dashboard_key, reader.progress)
+        return dict(json.loads((workdir / "result.json").read_text()), **reader.placement())
     raise child_failure(stage, workdir, code, list(tail))
 
 
-def on_progress(p: dict, stage: str, started: float, logger, checkpoints, progress, workdir: Path) -> None:
-    """One progress line of the trainer child: a checkpoint written, a resume, or a step's metrics."""
-    if "checkpoint" in p:
-        if checkpoints:
-            checkpoints.saved(workdir / "checkpoints" / p["checkpoint"])
-    elif "resumed_from" in p:
-        logger.info("%s: resuming from the checkpoint at step %d", stage, p["resumed_from"])
-    else:
-        logger.info("%s: %s", stage, describe_progress(p, started))
-        if progress and p.get("max_steps"):
-            progress.update(p["step"] / p["max_steps"])
+class Reader:
+    """The progress lines of the trainer child (or of the Ray workers, each line once: Ray may forward one
+    twice): a checkpoint written or stored, a resume, a worker placed, a note, or a step's metrics."""
+
+    def __init__(self, stage: str, logger, checkpoints, workdir: Path, dashboard_key: str | None):
+        self.stage, self.logger, self.checkpoints, self.workdir = stage, logger, checkpoints, workdir
+        self.started, self.seen, self.workers = time.monotonic(), set(), {}
+        self.progress = report.ProgressArtifact(f"{dashboard_key}-progress", f"{stage} steps") \
+            if dashboard_key else None
+
+    def read(self, text: str) -> None:
+        p = json.loads(text)
+        if (p.get("rank"), p.get("pid"), p.get("seq")) in self.seen:
+            return
+        self.seen.add((p.get("rank"), p.get("pid"), p.get("seq")))
+        stage, logger = self.stage, self.logger
+        if "checkpoint" in p:
+            if self.checkpoints:
+                self.checkpoints.saved(self.workdir / "checkpoints" / p["checkpoint"])
+        elif "stored" in p:
+            logger.info("%s: checkpoint at step %d stored (%s MB)", stage, p["stored"], p["megabytes"])
+        elif "resumed_from" in p:
+            logger.info("%s: resuming from the checkpoint at step %d", stage, p["resumed_from"])
+        elif "worker" in p:
+            self.workers[p["worker"]] = p["node"]
+            logger.info("%s: Ray worker %d on node %s (pid %d)", stage, p["worker"], p["node"][:12], p["pid"])
+        elif "note" in p:
+            logger.warning("%s: %s", stage, p["note"])
+        else:
+            logger.info("%s: %s", stage, describe_progress(p, self.started))
+            if self.progress and p.get("max_steps"):
+                self.progress.update(p["step"] / p["max_steps"])
+
+    def placement(self) -> dict:
+        """Where the Ray workers ran, for the stage card: {} for a local trainer."""
+        if not self.workers:
+            return {}
+        nodes = [f"{node[:12]} (rank {rank})" for rank, node in sorted(self.workers.items())]
+        return {"ray_workers": len(self.workers), "ray_nodes": ", ".join(nodes)}
 
 
-def trainer_env(config: dict, gpus: int) -> dict:
+def trainer_env(config: dict, gpus: int, **extra: str) -> dict:
     """The trainer child's environment, for the stage `config` (as a dict) on a host with `gpus` GPUs. No
     store or hub credentials: the parent restores and stores the checkpoints, and the job names local
     folders; only the credentials of the trackers in `report_to`."""
     keep = [name for tracker in config.get("report_to") or [] for name in TRACKER_CREDENTIALS.get(tracker, ())]
-    env = child_env(keep, TOKENIZERS_PARALLELISM="false")
+    env = child_env(keep, TOKENIZERS_PARALLELISM="false", **extra)
     env.setdefault("TORCH_EXTENSIONS_DIR", str(default_cache_dir() / "torch_extensions"))  # DeepSpeed's built ops
     if not gpus:
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -290,6 +333,8 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
     job = {"config": config.model_dump(), "model_chain": [str(p) for p in model_chain(store, model)],
            "data": str(store.get_dir(data) / data_file), "output": str(workdir / "output"),
            **{name: str(store.get_dir(ref)) for name, ref in extra.items()}}
+    if config.resources.engine == "ray":
+        job["ray"] = ray_job(run, store, model, data, data_file, extra, workdir.name, config.resources)
     checkpoints = StoredCheckpoints(store, workdir.name, logger)
     metrics = launch(stage, type(config).__module__.removeprefix("tasks."), job, workdir, logger,
                      run.log_file(stage), report.artifact_key(run.name, stage), checkpoints)
@@ -304,6 +349,28 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
                                                  **({"base": base_record(model)} if adapter else {})))
     checkpoints.drop()
     return ref
+
+
+def ray_job(run, store, model, data, data_file: str, extra: dict, key: str, resources: Resources) -> dict:
+    """What the Ray workers need besides the job: the store (its location; the nodes hold the credentials),
+    the inputs as artifacts to fetch on their nodes, the checkpoints' key, the cluster."""
+    import dataclasses
+
+    from distributed.local import default_address
+    from tasks.models import chain_refs
+
+    address = resources.address or default_address()
+    if not address:
+        raise ConfigError("resources.engine is ray but no cluster is named: set resources.address or RAY_ADDRESS, "
+                          "or start one here with `alignflow ray up`", "stage config")
+
+    def as_dict(ref) -> dict:
+        return dict(dataclasses.asdict(ref), metrics={})
+
+    inputs = {"model_chain": [as_dict(r) for r in chain_refs(store, model)], "data": as_dict(data),
+              "data_file": data_file, "extra": {name: as_dict(ref) for name, ref in extra.items()}}
+    return {"address": address, "store": store.uri, "credentials_block": run.credentials_block,
+            "checkpoints": key, "inputs": inputs}
 
 
 def with_warnings(metrics: dict, stage: str, workdir: Path, logger) -> dict:
@@ -432,9 +499,13 @@ def trl_classes(module: str, method: str) -> tuple[type, type]:
 def train(trainer, job: dict) -> dict:
     """Train with progress lines for the parent, resuming from the newest checkpoint if a retry left one."""
     trainer.add_callback(progress_callback())
+    if "ray" in job:  # every rank puts its part of each checkpoint in the store
+        from distributed.worker import checkpoint_callback
+
+        trainer.add_callback(checkpoint_callback(job))
     last = last_complete_checkpoint(Path(job["workdir"]) / "checkpoints")
     if last and trainer.state.is_world_process_zero:
-        print(PROGRESS + json.dumps({"resumed_from": step_of(last)}), flush=True)
+        emit({"resumed_from": step_of(last)})
     output = trainer.train(resume_from_checkpoint=last)
     if trainer.state.is_world_process_zero:  # the parent draws the loss curve from it
         (Path(job["workdir"]) / "history.json").write_text(json.dumps(trainer.state.log_history))
@@ -487,38 +558,16 @@ def progress_callback():
         def on_save(self, args, state, control, **kwargs):
             # the checkpoint is complete: the parent may store it (not the last: the output follows at once)
             if state.is_world_process_zero and state.global_step < state.max_steps:
-                report({"checkpoint": f"checkpoint-{state.global_step}", "step": state.global_step})
+                emit({"checkpoint": f"checkpoint-{state.global_step}", "step": state.global_step})
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero:
                 keep = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and k != "epoch"}
-                report({"step": state.global_step, "max_steps": state.max_steps, "logs": keep,
+                emit({"step": state.global_step, "max_steps": state.max_steps, "logs": keep,
                         "steps_this_run": state.global_step - (self.first_step or 0),
                         "train_seconds": time.monotonic() - self.t0})
 
-    def report(message: dict) -> None:
-        print(PROGRESS + json.dumps(message), flush=True)
-
     return Progress()
-
-
-def describe_failure(exc: Exception) -> dict:
-    """Our own errors keep their class (a ConfigError is not retried); anything else is a StageError."""
-    if isinstance(exc, ConfigError):
-        return {"type": "ConfigError", "message": "; ".join(exc.problems)}
-    if isinstance(exc, AlignflowError):
-        return {"type": type(exc).__name__, "message": str(exc)}
-    return {"type": "StageError", "message": f"{type(exc).__name__}: {exc}"}
-
-
-def join_deepspeed(job: dict) -> None:
-    """On a CPU host, DeepSpeed would pick Intel's oneCCL for its collectives; start it on gloo instead."""
-    import torch
-
-    if (job["config"].get("resources") or {}).get("deepspeed", "none") != "none" and not torch.cuda.is_available():
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
 
 
 def main(job_path: str) -> int:
@@ -526,13 +575,7 @@ def main(job_path: str) -> int:
     workdir = Path(job["workdir"])
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        from transformers import set_seed
-
-        join_deepspeed(job)
-        lm_head.install()
-        set_seed(SEED)  # before any model is built: a new head (the reward model's) starts the same everywhere
-        module = importlib.import_module(f"tasks.{job['stage_module']}")
-        metrics = module.run_training(job)
+        metrics = run_stage(job)
     except Exception as exc:  # reported to the parent, which decides whether to retry
         if rank0:
             (workdir / "failure.json").write_text(json.dumps(describe_failure(exc)))

@@ -8,6 +8,7 @@
                         | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
     alignflow storage up | down | status
     alignflow server up [--database URL] | down | status | logs [server|worker]
+    alignflow ray up [--nodes N] | down | status   a local Ray cluster for resources.engine: ray
     alignflow deploy [SPEC] [--set ...]      apply prefect.yaml's deployments for a pipeline
     alignflow data add NAME SOURCE           register raw data as the next version of NAME
     alignflow data scan SPEC                 what the watch-data deployment does, once, here
@@ -27,7 +28,7 @@ from alignflow.errors import AlignflowError
 from alignflow.processes import stop_owned
 
 # one module per command, each adding its parser with `set_defaults(func=...)`: the handler `main` calls
-COMMANDS = ("pipeline", "artifacts", "storage", "server", "deploy", "data", "serve")
+COMMANDS = ("pipeline", "artifacts", "storage", "server", "deploy", "data", "serve", "ray")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,3 +245,16 @@ def test_a_trainer_args_typo_is_refused_at_spec_time_with_the_close_name():
     with pytest.raises(ConfigError, match=re.escape("stages.sft.trainer_args.max_step: TRL's SFTConfig has no "
                                                     "argument 'max_step'; did you mean 'max_steps'?")):
         parse_spec({**MINIMAL, "stages": {"sft": {"trainer_args": {"max_step": 3}}}})
+
+
+def test_ray_resources_are_opt_in_and_their_mistakes_named():
+    spec = parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "ray", "workers": 4,
+                                                                   "gpus_per_worker": 1}}}})
+    assert spec.stages.sft.resources.workers == 4 and spec.stages.sft.resources.engine == "ray"
+    assert parse_spec({**MINIMAL, "stages": {"sft": {}}}).stages.sft.resources.engine == "local"  # the default
+    with pytest.raises(ConfigError, match="workers and address are engine ray's; set resources.engine: ray"):
+        parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"workers": 2}}}})
+    with pytest.raises(ConfigError, match="engine ray places `workers` on the cluster's nodes itself"):
+        parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "ray", "machines": 2}}}})
+    with pytest.raises(ConfigError, match="did you mean 'ray'"):
+        parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "rya"}}}})
