@@ -25,9 +25,9 @@ from pathlib import Path
 
 from alignflow.errors import AlignflowError, TransientError
 
-# what the workers' environment takes from this one (never a credential: the nodes hold their own)
-PASSED_ON = ("TOKENIZERS_PARALLELISM", "DS_ACCELERATOR", "GOMP_SPINCOUNT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-             "PYTHONHASHSEED")
+# what the workers' environment takes from this one (never a credential: the nodes hold their own; nothing
+# about devices either: a worker's node may have GPUs where this machine has none)
+PASSED_ON = ("TOKENIZERS_PARALLELISM", "GOMP_SPINCOUNT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONHASHSEED")
 
 
 def main(job_path: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
 
@@ -93,3 +93,9 @@ class RayWorkers(StageConfig):
                                                                  "when > 0, else gloo)")
     address: Optional[str] = Field(None, description="engine ray: the cluster's address (host:port); default "
                                                      "$RAY_ADDRESS, else the cluster `alignflow ray up` started")
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> "RayWorkers":
+        if getattr(self, "engine", "ray") != "ray" and (self.workers > 1 or self.address):
+            raise ValueError("workers and address are engine ray's; set engine: ray")
+        return self

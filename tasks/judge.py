@@ -14,7 +14,7 @@ import statistics
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from storage import ArtifactRef
 from tasks.config import RayWorkers
@@ -33,11 +33,6 @@ class JudgeStage(RayWorkers):
     engine: Literal["local", "ray"] = Field("local", description="local: answer here; ray: on `workers` Ray "
                                                                  "workers, the prompts split by batch")
 
-    @model_validator(mode="after")
-    def _ray_settings(self) -> "JudgeStage":
-        if self.engine != "ray" and (self.workers > 1 or self.address):
-            raise ValueError("workers and address are engine ray's; set engine: ray")
-        return self
 
 
 @stage("judge", config=JudgeStage, key_metric="win_rate", libraries=LIBRARIES, accelerator=True)

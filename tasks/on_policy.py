@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tasks.config import RayWorkers, StageConfig
 
@@ -28,11 +28,6 @@ class SampleSpec(RayWorkers):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed (engine ray: batch i draws with seed + i, "
                                                           "so the answers do not depend on the number of workers)")
 
-    @model_validator(mode="after")
-    def _ray_settings(self) -> "SampleSpec":
-        if self.engine != "ray" and (self.workers > 1 or self.address):
-            raise ValueError("workers and address are engine ray's; set engine: ray")
-        return self
 
 
 class ScoreSpec(StageConfig):

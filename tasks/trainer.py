@@ -98,8 +98,6 @@ class Resources(RayWorkers):
         if self.engine == "ray" and (self.machines > 1 or self.processes > 1 or self.fsdp != "none"):
             raise ValueError("engine ray places `workers` on the cluster's nodes itself: leave machines and "
                              "processes unset (and fsdp: use deepspeed)")
-        if self.engine == "local" and (self.workers > 1 or self.address):
-            raise ValueError("workers and address are engine ray's; set resources.engine: ray")
         return self
 
 

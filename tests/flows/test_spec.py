@@ -252,7 +252,7 @@ def test_ray_resources_are_opt_in_and_their_mistakes_named():
                                                                    "gpus_per_worker": 1}}}})
     assert spec.stages.sft.resources.workers == 4 and spec.stages.sft.resources.engine == "ray"
     assert parse_spec({**MINIMAL, "stages": {"sft": {}}}).stages.sft.resources.engine == "local"  # the default
-    with pytest.raises(ConfigError, match="workers and address are engine ray's; set resources.engine: ray"):
+    with pytest.raises(ConfigError, match="resources: workers and address are engine ray's; set engine: ray"):
         parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"workers": 2}}}})
     with pytest.raises(ConfigError, match="engine ray places `workers` on the cluster's nodes itself"):
         parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "ray", "machines": 2}}}})
