@@ -1,5 +1,6 @@
 """`alignflow ray up|down|status`: a Ray cluster on this machine, a head and worker nodes as separate
-processes (distributed/local.py), for `resources.engine: ray` in development and the tests."""
+processes (distributed/local.py), for `resources.engine: ray` in development and the tests; `alignflow ray k8s
+SPEC`: the KubeRay RayCluster for production (distributed/kuberay.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def add_parsers(sub) -> None:
     up.add_argument("--gpus", type=non_negative, default=0, help="GPUs each node offers (default 0)")
     verbs.add_parser("down", help="stop exactly the nodes `up` started")
     verbs.add_parser("status", help="the address and the nodes that have joined")
+    k8s = verbs.add_parser("k8s", help="a KubeRay RayCluster sized for what SPEC runs on Ray (YAML on stdout)")
+    k8s.add_argument("spec", metavar="SPEC")
+    k8s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field, as for `alignflow run`")
+    k8s.add_argument("--image", default="alignflow:latest", help="an image with alignflow (and its Ray) installed")
+    k8s.add_argument("--namespace", help="the namespace (default: kubectl's)")
+    k8s.add_argument("--worker-memory", default="32Gi", help="memory each worker pod requests (default 32Gi)")
 
 
 def cmd_ray(args) -> int:
@@ -37,6 +45,12 @@ def cmd_ray(args) -> int:
         print(f"Ray dashboard: {record['dashboard']}")
         print("stages with resources.engine: ray train on it; for other Ray clients:")
         print(f"  export RAY_ADDRESS={record['address']}")
+        return 0
+    if args.ray_command == "k8s":
+        from distributed.kuberay import manifest
+        from flows.spec import load_spec
+
+        print(manifest(load_spec(args.spec, args.overrides), args.image, args.namespace, args.worker_memory), end="")
         return 0
     if args.ray_command == "down":
         stopped = local.down()
