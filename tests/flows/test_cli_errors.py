@@ -54,6 +54,10 @@ def bad_calls(tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("serve", "stop"): ["serve", "stop", "../../x"],
         ("serve", "rollback"): ["serve", "rollback", "../../x"],
         ("serve", "k8s"): ["serve", "k8s", "../../x"],
+        ("ray", "up"): ["ray", "up"],
+        ("ray", "down"): ["ray", "down"],
+        ("ray", "status"): ["ray", "status"],
+        ("ray", "k8s"): ["ray", "k8s", str(tmp / "no-such.yaml")],
     }
 
 
