@@ -114,6 +114,21 @@ def owned_group(pid: int):
         _owned.discard(pid)
 
 
+@contextlib.contextmanager
+def owned_child(cmd: list[str], **popen):
+    """`subprocess.Popen(cmd, **popen)` in its own process group, which stops with it (SIGTERM, then SIGKILL)
+    when the block is left by an exception, Ctrl-C or a cancelled run included: a child doing work for
+    this process (a trainer, a Ray driver) never goes on working for nobody."""
+    import signal
+
+    with subprocess.Popen(cmd, start_new_session=True, **popen) as proc, owned_group(proc.pid):
+        try:
+            yield proc
+        except BaseException:
+            stop_group(proc.pid, signal.SIGTERM, timeout=10)
+            raise
+
+
 def stop_owned(timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after `timeout` s, to every owned process group still running."""
     import signal

@@ -116,7 +116,6 @@ def fit(job: dict, workers: int) -> None:
 def stage_error(failures: dict) -> AlignflowError:
     """A worker lost (its failure is Ray's, not one the stage raised) makes the others fail too, in their
     collectives: that is a TransientError. Otherwise the stage's own error (worker.FAILURE in its message)."""
-    from alignflow.errors import ConfigError, DataError, StageError
     from distributed.worker import FAILURE
 
     lost = {rank: exc for rank, exc in failures.items() if FAILURE not in str(exc)}
@@ -125,12 +124,10 @@ def stage_error(failures: dict) -> AlignflowError:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return TransientError(f"Ray worker {rank} was lost ({type(exc).__name__}: {first[:300]}): its node died or it "
                               "was killed. A retry resumes from the checkpoint in the store on the nodes that remain")
-    text = str(failures[min(failures)])
-    info = json.loads(text[text.index(FAILURE) + len(FAILURE):].splitlines()[0])
-    kind = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}.get(
-        info["type"], StageError)
-    return ConfigError(info["message"], "stage config") if kind is ConfigError else kind(info["message"])
+    from tasks.child import failure_error
 
+    text = str(failures[min(failures)])
+    return failure_error(json.loads(text[text.index(FAILURE) + len(FAILURE):].splitlines()[0]))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))

@@ -13,12 +13,11 @@ nodes (no shared filesystem), and the driver holds no store credentials. Answers
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from alignflow.errors import ConfigError, TransientError
+from alignflow.errors import TransientError
 
 
 def answer(store, credentials_block: str | None, chain: list, texts: list[str], settings: dict, placement,
@@ -26,18 +25,13 @@ def answer(store, credentials_block: str | None, chain: list, texts: list[str], 
     """{"completions": [[k answers] per text], "tokens", "seconds", "engine": "ray"}; `chain`: the model's
     artifacts (tasks.models.chain_refs); `settings`: hf_generate's (max_tokens, batch_size, k, batch_seed,
     sampling); `placement`: RayWorkers."""
-    import dataclasses
-
-    from alignflow.processes import owned_group, stop_group, tail
+    from alignflow.processes import owned_child, tail
     from alignflow.secrets import child_env
-    from distributed.local import default_address
+    from distributed.local import cluster_address
 
-    address = placement.address or default_address()
-    if not address:
-        raise ConfigError("engine ray: no Ray cluster is named: set address or RAY_ADDRESS, or start one here with "
-                         "`alignflow ray up`", "stage config")
+    address = cluster_address(placement.address, "address")
     job = {"address": address, "store": store.uri, "credentials_block": credentials_block,
-           "chain": [dict(dataclasses.asdict(r), metrics={}) for r in chain], "texts": texts, "settings": settings,
+           "chain": [r.portable() for r in chain], "texts": texts, "settings": settings,
            "workers": placement.workers, "cpus": placement.cpus_per_worker, "gpus": placement.gpus_per_worker}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "fanout.json").write_text(json.dumps(job))
@@ -46,15 +40,9 @@ def answer(store, credentials_block: str | None, chain: list, texts: list[str], 
     logger.info("%d prompts answered on %d Ray workers at %s; their output goes to %s", len(texts),
                 placement.workers, address, log)
     env = child_env(TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0", RAY_COLOR_PREFIX="0")
-    with open(log, "w") as out, subprocess.Popen([sys.executable, "-m", "distributed.fanout",
-                                                  str(workdir / "fanout.json")], stdout=out,
-                                                 stderr=subprocess.STDOUT, env=env, start_new_session=True) as proc, \
-            owned_group(proc.pid):
-        try:
-            code = proc.wait()
-        except BaseException:
-            stop_group(proc.pid, signal.SIGTERM, timeout=10)
-            raise
+    with open(log, "w") as out, owned_child([sys.executable, "-m", "distributed.fanout", str(workdir / "fanout.json")],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env) as proc:
+        code = proc.wait()
     if code != 0 or not (workdir / "answers.json").exists():
         raise TransientError(f"answering on the Ray cluster at {address} failed (exit code {code}); a retry starts "
                              f"it again. Last lines of {log}:\n{tail(log)}")

@@ -14,6 +14,7 @@ credentials (AWS_*), as a KubeRay pod finds them in its secret.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -107,8 +108,20 @@ def wait_for_nodes(address: str, count: int, timeout: float = START_TIMEOUT) -> 
 
 
 def alive_nodes(address: str) -> list[dict]:
-    """The cluster's live nodes as Ray's GCS lists them (node id, address, resources), without joining as a
-    driver (no job is started)."""
+    """The cluster's live nodes as Ray's GCS lists them (node id, address, resources)."""
+    with gcs_state(address) as state:
+        return [n for n in state.node_table() if n["Alive"]]
+
+
+def live_actors(address: str) -> list[dict]:
+    """The cluster's actors that are not dead (class name, job id, node, pid), as Ray's GCS lists them."""
+    with gcs_state(address) as state:
+        return [a for a in state.actor_table(None).values() if a["State"] != "DEAD"]
+
+
+@contextlib.contextmanager
+def gcs_state(address: str):
+    """Ray's view of the cluster at `address`, read without joining it as a driver (no job is started)."""
     from ray._private.state import GlobalState
     from ray._raylet import GcsClientOptions
 
@@ -116,7 +129,7 @@ def alive_nodes(address: str) -> list[dict]:
     state._initialize_global_state(GcsClientOptions.create(address, None, allow_cluster_id_nil=True,
                                                            fetch_cluster_id_if_nil=False))
     try:
-        return [n for n in state.node_table() if n["Alive"]]
+        yield state
     finally:
         state.disconnect()
 
@@ -181,6 +194,17 @@ def write_record(record: dict) -> None:
     tmp = home() / "cluster.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, home() / "cluster.json")
+
+
+def cluster_address(address: str | None, setting: str) -> str:
+    """`address` (the spec's `setting`), else `default_address()`; none at all is a ConfigError."""
+    from alignflow.errors import ConfigError
+
+    found = address or default_address()
+    if not found:
+        raise ConfigError(f"engine ray but no Ray cluster is named: set {setting} or RAY_ADDRESS, or start one "
+                          "here with `alignflow ray up`", "stage config")
+    return found
 
 
 def default_address() -> str | None:

@@ -26,3 +26,7 @@ class ArtifactRef:
     @property
     def short_digest(self) -> str:
         return self.digest.split(":", 1)[-1][:12]
+
+    def portable(self) -> dict:
+        """The ref as JSON for a job another machine reads (`ArtifactRef(**d)` again), without its metrics."""
+        return {"name": self.name, "kind": self.kind, "version": self.version, "digest": self.digest}

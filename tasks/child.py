@@ -45,6 +45,16 @@ def describe_failure(exc: Exception) -> dict:
     return {"type": "StageError", "message": f"{type(exc).__name__}: {exc}"}
 
 
+def failure_error(info: dict, message: str | None = None) -> AlignflowError:
+    """The error `describe_failure` described, its class kept; `message` instead of the recorded one."""
+    from alignflow.errors import DataError, StageError, TransientError
+
+    message = info["message"] if message is None else message
+    if info["type"] == "ConfigError":
+        return ConfigError(message, "stage config")
+    return {"DataError": DataError, "TransientError": TransientError}.get(info["type"], StageError)(message)
+
+
 def join_deepspeed(job: dict) -> None:
     """On a CPU host, DeepSpeed would pick Intel's oneCCL for its collectives; start it on gloo instead."""
     import torch

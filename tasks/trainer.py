@@ -19,7 +19,6 @@ import collections
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,13 +27,13 @@ from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from alignflow.errors import AlignflowError, ConfigError, DataError, StageError, TransientError
-from alignflow.processes import free_port, owned_group, stop_group
+from alignflow.errors import AlignflowError, ConfigError, TransientError
+from alignflow.processes import free_port, owned_child
 from alignflow.secrets import child_env
 from storage.store import default_cache_dir
 from tasks import report
 from tasks.checkpoints import StoredCheckpoints, last_complete_checkpoint, step_of
-from tasks.child import PROGRESS, SEED, describe_failure, emit, run_stage
+from tasks.child import PROGRESS, SEED, describe_failure, emit, failure_error, run_stage
 from tasks.config import RayWorkers, StageConfig
 
 PROGRESS_KEYS = ("loss", "reward", "rewards/margins", "rewards/accuracies", "mean_token_accuracy", "learning_rate")
@@ -168,20 +167,15 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     logger.info("%s: trainer output goes to %s", stage, log_file)
     # its own process group: whatever ends the parent early (Ctrl-C, a cancelled run, a crash) stops the
     # launcher and the trainer with it, instead of leaving them training for nobody
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          start_new_session=True) as proc, owned_group(proc.pid), \
+    with owned_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc, \
             open(log_file, "a", encoding="utf-8") as log:
-        try:
-            for line in proc.stdout:
-                if PROGRESS in line:  # a Ray worker's comes prefixed "(RayTrainWorker pid=...) "
-                    reader.read(line[line.index(PROGRESS) + len(PROGRESS):])
-                elif line.strip():
-                    log.write(line)
-                    tail.append(line.rstrip())
-            code = proc.wait()
-        except BaseException:
-            stop_group(proc.pid, signal.SIGTERM, timeout=10)
-            raise
+        for line in proc.stdout:
+            if PROGRESS in line:  # a Ray worker's comes prefixed "(RayTrainWorker pid=...) "
+                reader.read(line[line.index(PROGRESS) + len(PROGRESS):])
+            elif line.strip():
+                log.write(line)
+                tail.append(line.rstrip())
+        code = proc.wait()
     if checkpoints and not on_ray:
         checkpoints.wait()  # the last checkpoint is the retry's starting point: store it before failing
     if code == 0 and on_ray:
@@ -288,10 +282,7 @@ def child_failure(stage: str, workdir: Path, code: int, tail: list[str]) -> Alig
     failure = workdir / "failure.json"
     if failure.exists():
         info = json.loads(failure.read_text())
-        kind = {"ConfigError": ConfigError, "DataError": DataError, "TransientError": TransientError}.get(
-            info["type"], StageError)
-        message = f"{stage}: {info['message']}"
-        return ConfigError(message, "stage config") if kind is ConfigError else kind(message)
+        return failure_error(info, f"{stage}: {info['message']}")
     last = "\n".join(tail[-15:])
     return TransientError(f"{stage}: the trainer process ended without a result (exit code {code}; killed or "
                           f"out of memory?). A retry resumes from the last checkpoint. Last output:\n{last}")
@@ -352,21 +343,12 @@ def run_trainer(run, model, data, config: StageConfig, *, suffix: str, kind: str
 def ray_job(run, store, model, data, data_file: str, extra: dict, key: str, resources: Resources) -> dict:
     """What the Ray workers need besides the job: the store (its location; the nodes hold the credentials),
     the inputs as artifacts to fetch on their nodes, the checkpoints' key, the cluster."""
-    import dataclasses
-
-    from distributed.local import default_address
+    from distributed.local import cluster_address
     from tasks.models import chain_refs
 
-    address = resources.address or default_address()
-    if not address:
-        raise ConfigError("resources.engine is ray but no cluster is named: set resources.address or RAY_ADDRESS, "
-                          "or start one here with `alignflow ray up`", "stage config")
-
-    def as_dict(ref) -> dict:
-        return dict(dataclasses.asdict(ref), metrics={})
-
-    inputs = {"model_chain": [as_dict(r) for r in chain_refs(store, model)], "data": as_dict(data),
-              "data_file": data_file, "extra": {name: as_dict(ref) for name, ref in extra.items()}}
+    address = cluster_address(resources.address, "resources.address")
+    inputs = {"model_chain": [r.portable() for r in chain_refs(store, model)], "data": data.portable(),
+              "data_file": data_file, "extra": {name: ref.portable() for name, ref in extra.items()}}
     return {"address": address, "store": store.uri, "credentials_block": run.credentials_block,
             "checkpoints": key, "inputs": inputs}
 

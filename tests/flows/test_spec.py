@@ -258,3 +258,16 @@ def test_ray_resources_are_opt_in_and_their_mistakes_named():
         parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "ray", "machines": 2}}}})
     with pytest.raises(ConfigError, match="did you mean 'ray'"):
         parse_spec({**MINIMAL, "stages": {"sft": {"resources": {"engine": "rya"}}}})
+
+
+def test_engine_ray_without_a_cluster_names_where_to_give_one(monkeypatch, tmp_path):
+    from distributed.local import cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("ALIGNFLOW_HOME", str(tmp_path))  # no local cluster recorded there
+    with pytest.raises(ConfigError, match=r"no Ray cluster is named: set resources.address or RAY_ADDRESS, or "
+                                          r"start one here with `alignflow ray up`"):
+        cluster_address(None, "resources.address")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert cluster_address(None, "resources.address") == "10.0.0.5:6379"
+    assert cluster_address("head:6379", "resources.address") == "head:6379"
