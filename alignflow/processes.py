@@ -115,17 +115,17 @@ def owned_group(pid: int):
 
 
 @contextlib.contextmanager
-def owned_child(cmd: list[str], **popen):
-    """`subprocess.Popen(cmd, **popen)` in its own process group, which stops with it (SIGTERM, then SIGKILL)
-    when the block is left by an exception, Ctrl-C or a cancelled run included: a child doing work for
-    this process (a trainer, a Ray driver) never goes on working for nobody."""
+def owned_child(cmd: list[str], grace: float = 10.0, **popen):
+    """`subprocess.Popen(cmd, **popen)` in its own process group, which stops with it (SIGTERM, then SIGKILL
+    after `grace` s) when the block is left by an exception, Ctrl-C or a cancelled run included: a child
+    doing work for this process (a trainer, a Ray driver) never goes on working for nobody."""
     import signal
 
     with subprocess.Popen(cmd, start_new_session=True, **popen) as proc, owned_group(proc.pid):
         try:
             yield proc
         except BaseException:
-            stop_group(proc.pid, signal.SIGTERM, timeout=10)
+            stop_group(proc.pid, signal.SIGTERM, timeout=grace)
             raise
 
 

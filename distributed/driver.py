@@ -12,14 +12,19 @@ reports (a node lost, a worker killed, a cluster that does not answer) is a Tran
 resumes from the newest checkpoint in the store, on the nodes there are then.
 
 Ray Train's own restarts are off (`max_failures=0`): retries are Prefect's, so that a retry is visible in the
-run, counted and bounded like every other stage's. When this process ends (a cancelled run stops it), Ray
-ends its job: the controller and the workers go with it.
+run, counted and bounded like every other stage's.
+
+Stopping: a cancelled or interrupted run sends this process SIGTERM, which it takes as Ray Train's Ctrl-C:
+the controller aborts the workers and stops its helpers (the detached placement-group cleaner among them),
+then the job ends. Killed outright instead, the driver's job still ends and takes the controller and the
+workers with it, but Ray Train's cleaner only notices where the cluster runs Ray's dashboard (its State API).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +60,8 @@ def train(job: dict) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TransientError(f"cannot reach the Ray cluster at {address} ({exc}). Fix: start it (`alignflow ray "
                              "up` on this machine), or set resources.address / RAY_ADDRESS to a running one") from None
+    # after ray.init, which sets its own (an exit): SIGTERM is Ray Train's Ctrl-C, a graceful abort
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     try:
         workers = workers_that_fit(resources)
         fit(job, workers)

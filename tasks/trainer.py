@@ -167,7 +167,8 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     logger.info("%s: trainer output goes to %s", stage, log_file)
     # its own process group: whatever ends the parent early (Ctrl-C, a cancelled run, a crash) stops the
     # launcher and the trainer with it, instead of leaving them training for nobody
-    with owned_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc, \
+    with owned_child(cmd, grace=60 if on_ray else 10, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                     env=env) as proc, \
             open(log_file, "a", encoding="utf-8") as log:
         for line in proc.stdout:
             if PROGRESS in line:  # a Ray worker's comes prefixed "(RayTrainWorker pid=...) "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -57,11 +56,27 @@ def logger_with(name: str, *handlers) -> logging.Logger:
     return logger
 
 
-def ray_processes() -> list[str]:
-    """Ray worker processes running a training actor (their titles are ray::<Actor>...)."""
-    found = subprocess.run(["pgrep", "-fa", "ray::(RayTrainWorker|TrainController)"], capture_output=True,
-                           text=True).stdout
-    return found.splitlines()
+def actors_of_runs(cluster: dict) -> list[str]:
+    """The cluster's live actors but its own services (the AutoscalingCoordinator Ray Train keeps, one per
+    cluster, for every run): what a run leaves behind."""
+    return [f"{a['ActorClassName']} (job {a['JobID']}, pid {a['Pid']})" for a in local.live_actors(cluster["address"])
+            if a["Name"] != "AutoscalingCoordinator"]
+
+
+def ray_workers_of(cluster: dict) -> list[str]:
+    """The training actors' processes on the cluster's nodes (Ray titles them ray::<Actor>): those of this
+    cluster only, whatever else runs on the machine."""
+    import psutil
+
+    nodes = [psutil.Process(node["pid"]) for node in [cluster["head"], *cluster["nodes"]]
+             if psutil.pid_exists(node["pid"])]
+    titles = []
+    for proc in [p for node in nodes for p in node.children(recursive=True)]:
+        try:
+            titles.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    return [t for t in titles if t.startswith(("ray::RayTrainWorker", "ray::TrainController"))]
 
 
 def test_ray_status_lists_the_nodes_and_a_second_up_is_refused(cluster):
@@ -109,9 +124,9 @@ def test_an_interrupted_run_leaves_no_ray_worker_behind(tmp_path, cluster):
         trainer.launch("train_sft", "sft", job, workdir, logger, checkpoints=StoredCheckpoints(store, "sft-cut",
                                                                                                 logger))
     deadline = time.monotonic() + 120  # Ray ends a job once its driver is gone
-    while ray_processes() and time.monotonic() < deadline:
+    while (ray_workers_of(cluster) or actors_of_runs(cluster)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert ray_processes() == []
+    assert ray_workers_of(cluster) == [] and actors_of_runs(cluster) == []
 
 
 def test_a_pipeline_trains_sft_on_the_cluster_serves_it_and_passes_the_demo_gate(tmp_path, cluster):

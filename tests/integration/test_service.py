@@ -1,7 +1,8 @@
 """alignflow as a service, as a user runs it: `alignflow server up` (a real Prefect server and process
 worker), `alignflow deploy`, new data landing in a watched S3 prefix (a real SeaweedFS), runs started by
 a trigger, by the API as the dashboard's form does, and by hand; what the dashboard shows; runs that
-share one accelerator slot; a failure that notifies; a worker killed mid-run; `server down`.
+share one accelerator slot; a failure that notifies; a run training on Ray cancelled; a worker killed
+mid-run; `server down`.
 
 The tests run in order and build on each other (the first one trains; later ones mostly hit the cache).
 """
@@ -22,6 +23,7 @@ import pytest
 
 from storage import open_store
 from tests.conftest import run_cli, s3_client, write_spec
+from tests.integration.test_ray_training import actors_of_runs, ray_workers_of
 
 pytestmark = pytest.mark.slow
 BUCKET = "alignflow"
@@ -368,6 +370,50 @@ def test_a_failed_run_notifies_the_webhook_with_its_url(service):
     named = [r for r in failed_runs if f"/runs/flow-run/{r.id}" in message["text"]]
     assert len(named) == 1 and "svc" in message["subject"], (message, shown)
     assert "bad-eval.jsonl:1" in named[0].state.message, shown
+
+
+def test_cancelling_a_run_that_trains_on_ray_stops_the_ray_job_and_leaves_no_actor(service):
+    """The dashboard's Cancel on a run whose SFT trains on a Ray cluster (a local one here): the run ends
+    cancelled, the cluster's job is over, and no actor or process of it is left (the cluster stays up)."""
+    from prefect.states import Cancelling
+
+    from distributed import local
+
+    cluster = local.up(nodes=0)
+    try:
+        with api(service) as client:
+            spec = copy.deepcopy(deployment(client, "post-train/manual").parameters["spec"])
+            spec["data"].pop("preference"), spec["stages"].pop("dpo")  # SFT alone: no data of the other tests
+            spec["stages"]["sft"].update(epochs=500, trainer_args={}, learning_rate=1.0e-3,  # an hour of work
+                                         resources={"engine": "ray", "workers": 1, "address": cluster["address"]})
+            run = client.create_flow_run_from_deployment(deployment(client, "post-train/manual").id,
+                                                         parameters={"spec": spec})
+
+            def training_on_ray():
+                state = client.read_flow_run(run.id).state
+                assert not state.is_final(), f"the run ended before SFT trained on Ray: {state}"
+                return ray_workers_of(cluster)
+
+            wait_for(training_on_ray, RUN_TIMEOUT, "the SFT worker to start on Ray", every=1.0)
+            client.set_flow_run_state(run.id, Cancelling(), force=True)  # what the dashboard's Cancel does
+            cancelled = wait_final(client, run.id, timeout=300)
+            assert cancelled.state.type.value == "CANCELLED", cancelled.state
+        deadline = time.monotonic() + 120  # Ray ends a job once its driver is gone
+        while (actors_of_runs(cluster) or ray_workers_of(cluster)) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert actors_of_runs(cluster) == []
+        assert ray_workers_of(cluster) == [] and drivers() == []
+    finally:
+        local.down()
+
+
+def drivers() -> list[int]:
+    """Trainer children of the flow run (`python -m distributed.driver JOB.json`) still running."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if "distributed.driver" in (proc.info["cmdline"] or []):
+            found.append(proc.pid)
+    return found
 
 
 def test_a_worker_killed_mid_run_is_reported_crashed_and_the_rerun_redoes_only_the_cut_stage(service):
