@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 _owned: set[int] = set()  # process groups of children that must not outlive this process (trainers)
+OWNER = "ALIGNFLOW_OWNER"  # in an owned child's environment: "pid:start" of the process that owns it
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -121,12 +122,33 @@ def owned_child(cmd: list[str], grace: float = 10.0, **popen):
     doing work for this process (a trainer, a Ray driver) never goes on working for nobody."""
     import signal
 
+    popen["env"] = dict(popen.get("env") or os.environ, **{OWNER: f"{os.getpid()}:{process_start(os.getpid()) or ''}"})
     with subprocess.Popen(cmd, start_new_session=True, **popen) as proc, owned_group(proc.pid):
         try:
             yield proc
         except BaseException:
             stop_group(proc.pid, signal.SIGTERM, timeout=grace)
             raise
+
+
+def stop_with_owner(every: float = 2.0) -> None:
+    """In a child `owned_child` started: when the process that owns it is gone without stopping it (killed
+    outright: SIGKILL, out of memory), SIGTERM this process group, as the owner would have."""
+    import signal
+    import threading
+    import time
+
+    owner = os.environ.get(OWNER, "")
+    if not owner:
+        return
+    pid, start = owner.split(":")
+
+    def watch():
+        while is_process(int(pid), int(start) if start else None):
+            time.sleep(every)
+        os.killpg(0, signal.SIGTERM)
+
+    threading.Thread(target=watch, name="alignflow-owner-watch", daemon=True).start()
 
 
 def stop_owned(timeout: float = 10.0) -> None:

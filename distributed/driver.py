@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from alignflow.errors import AlignflowError, TransientError
+from alignflow.processes import stop_with_owner
 
 # what the workers' environment takes from this one (never a credential: the nodes hold their own; nothing
 # about devices either: a worker's node may have GPUs where this machine has none)
@@ -62,6 +63,7 @@ def train(job: dict) -> None:
                              "up` on this machine), or set resources.address / RAY_ADDRESS to a running one") from None
     # after ray.init, which sets its own (an exit): SIGTERM is Ray Train's Ctrl-C, a graceful abort
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    stop_with_owner()  # the stage killed outright: the same abort
     try:
         workers = workers_that_fit(resources)
         fit(job, workers)

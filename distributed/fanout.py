@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from alignflow.errors import TransientError
+from alignflow.processes import stop_with_owner
 
 
 def answer(store, credentials_block: str | None, chain: list, texts: list[str], settings: dict, placement,
@@ -93,6 +94,7 @@ def main(job_path: str) -> int:
     started, size = time.monotonic(), job["settings"]["batch_size"]
     batches = (len(job["texts"]) + size - 1) // size
     ray.init(address=job["address"], log_to_driver=True, logging_level="WARNING")
+    stop_with_owner()  # the stage killed outright: exit, and Ray ends the tasks
     try:
         task = ray.remote(num_cpus=job["cpus"], num_gpus=job["gpus"], max_retries=0)(answer_shard)
         runs = shards(batches, job["workers"])

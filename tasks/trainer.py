@@ -28,7 +28,7 @@ from typing import ClassVar, Literal, Optional
 from pydantic import Field, model_validator
 
 from alignflow.errors import AlignflowError, ConfigError, TransientError
-from alignflow.processes import free_port, owned_child
+from alignflow.processes import free_port, owned_child, stop_with_owner
 from alignflow.secrets import child_env
 from storage.store import default_cache_dir
 from tasks import report
@@ -555,6 +555,7 @@ def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     workdir = Path(job["workdir"])
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    stop_with_owner()  # the stage killed outright: stop training for nobody
     try:
         metrics = run_stage(job)
     except Exception as exc:  # reported to the parent, which decides whether to retry
