@@ -1,13 +1,15 @@
-"""Ray's overhead on one machine: the demo's SFT as the local single-process stage runs it, against the same
-training on a local Ray cluster (a head and one worker node) with 2 workers, on the same cores.
+"""Ray's overhead on one machine: the demo's SFT as the local single-process stage runs it, and as two local
+processes (accelerate, DDP), against the same training on a local Ray cluster (a head and one worker node)
+with 2 workers, on the same cores. Ray against two local processes is Ray's own share; against one process,
+what data parallelism costs on shared cores comes on top.
 
-    .venv/bin/python benchmarks/ray_training.py [--epochs 6]
+    .venv/bin/python benchmarks/ray_training.py [--epochs 40]
 
-Both runs share this machine's cores, so this measures what Ray costs, not what it gains. Printed per run:
+All runs share this machine's cores, so this measures what Ray costs, not what it gains. Printed per run:
 the wall time of the stage's trainer (start to output in the work folder), the time to its first training
 step (start-up: processes, the cluster's placement, the process group, model and data through the store),
-and the time per optimizer step. The Ray run's steps each see the same rows as the local run's (2 workers x
-8 rows against 1 x 16), so per-step times compare the same work. The Ray cluster is started and stopped here,
+and the time per optimizer step. Every run's steps see the same rows (1 x 16, or 2 processes or workers
+x 8), so per-step times compare the same work. The Ray cluster is started and stopped here,
 in a temporary home.
 """
 
@@ -83,10 +85,9 @@ def timed(name: str, job: dict, workdir: Path, checkpoints) -> dict:
 
 
 def main() -> int:
-    import dataclasses
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=float, default=6.0, help="passes over the demo's 3000 rows (default 6)")
+    parser.add_argument("--epochs", type=float, default=40.0,
+                        help="passes over the demo's 3000 rows (default 40: runs of 2 to 4 minutes)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="alignflow-bench-ray-"))
     os.environ.update(ALIGNFLOW_HOME=str(home / "state"), ALIGNFLOW_CACHE=str(home / "cache"))
@@ -98,6 +99,8 @@ def main() -> int:
     results = []
     job, workdir = job_for(home / "local", args.epochs, 16, {})
     results.append(timed("local, 1 process", job, workdir, None))
+    job, workdir = job_for(home / "local-2", args.epochs, 8, {"processes": 2})
+    results.append(timed("local, 2 processes", job, workdir, None))
     cluster_started = time.monotonic()
     record = local.up(nodes=1)
     cluster_s = time.monotonic() - cluster_started
@@ -107,22 +110,22 @@ def main() -> int:
         model = store.put_dir("bench/model", "model", Path(job["model_chain"][0]))
         data = store.put_dir("bench/tokens", "dataset", home / "ray" / "tokens")
         job["ray"] = {"address": record["address"], "store": store.uri, "credentials_block": None,
-                      "checkpoints": "bench-ray", "inputs": {
-                          "model_chain": [dataclasses.asdict(model)], "data": dataclasses.asdict(data),
-                          "data_file": "tokens.parquet", "extra": {}}}
+                      "checkpoints": "bench-ray", "inputs": {"model_chain": [model.portable()], "data": data.portable(),
+                                                             "data_file": "tokens.parquet", "extra": {}}}
         logger = logging.getLogger("bench.checkpoints")
         results.append(timed("ray, 2 workers on 2 nodes", job, workdir, StoredCheckpoints(store, "bench-ray", logger)))
     finally:
         local.down()
-    local_run, ray_run = results
+    local_run, two_run, ray_run = results
     print(f"{'run':28} {'wall s':>8} {'start-up s':>11} {'ms/step':>8} {'steps':>6} {'final loss':>11}")
     for r in results:
         print(f"{r['run']:28} {r['wall_s']:8.1f} {r['startup_s']:11.1f} {r['step_ms']:8.1f} {r['steps']:6d} "
-              f"{r['final_loss']:11.4f}")
+              f"{r['final_loss']:11.2e}")
     print(f"cluster start (`alignflow ray up --nodes 1`, once per cluster, not per run): {cluster_s:.1f} s")
-    print(f"Ray / local: wall {ray_run['wall_s'] / local_run['wall_s']:.2f}x, "
-          f"per step {ray_run['step_ms'] / local_run['step_ms']:.2f}x, "
-          f"start-up +{ray_run['startup_s'] - local_run['startup_s']:.1f} s")
+    for name, base in (("local, 1 process", local_run), ("local, 2 processes", two_run)):
+        print(f"Ray / {name}: wall {ray_run['wall_s'] / base['wall_s']:.2f}x, "
+              f"per step {ray_run['step_ms'] / base['step_ms']:.2f}x, "
+              f"start-up +{ray_run['startup_s'] - base['startup_s']:.1f} s")
     return 0
 
 
