@@ -61,11 +61,12 @@ def up(nodes: int = 1, cpus: int = 1, gpus: int = 0) -> dict:
                          f"({len(record['nodes'])} worker nodes); `alignflow ray down` stops it")
     down()  # a record whose head died: clear what is left of it
     port = free_port(HOST)
-    record = {"address": f"{HOST}:{port}", "dashboard": f"http://{HOST}:{free_port(HOST)}", "nodes": [],
-              "head": None, "cpus": cpus, "gpus": gpus}
+    record = {"address": f"{HOST}:{port}", "dashboard": f"http://{HOST}:{free_port(HOST)}" if has_dashboard() else None,
+              "nodes": [], "head": None, "cpus": cpus, "gpus": gpus}
+    dashboard = ["--dashboard-host", HOST, "--dashboard-port", record["dashboard"].rsplit(":", 1)[1]] \
+        if record["dashboard"] else ["--include-dashboard", "false"]
     try:
-        record["head"] = start_node("head", record, ["--head", "--port", str(port), "--dashboard-host", HOST,
-                                                     "--dashboard-port", record["dashboard"].rsplit(":", 1)[1]])
+        record["head"] = start_node("head", record, ["--head", "--port", str(port), *dashboard])
         write_record(record)
         for i in range(nodes):
             record["nodes"].append(start_node(f"node-{i + 1}", record, ["--address", record["address"]]))
@@ -75,6 +76,16 @@ def up(nodes: int = 1, cpus: int = 1, gpus: int = 0) -> dict:
         down()
         raise
     return record
+
+
+def has_dashboard() -> bool:
+    """Whether Ray's dashboard (and with it the State API: `ray list actors`) can run here: it needs the
+    packages of `ray[default]`, which `ray[train]` does not bring."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def start_node(name: str, record: dict, flags: list[str]) -> dict:

@@ -35,6 +35,12 @@ def add_parsers(sub) -> None:
     k8s.add_argument("--worker-memory", default="32Gi", help="memory each worker pod requests (default 32Gi)")
 
 
+def no_dashboard() -> str:
+    import ray
+
+    return f"none (Ray's dashboard needs ray[default]: pip install 'ray[default]=={ray.__version__}')"
+
+
 def cmd_ray(args) -> int:
     from distributed import local
 
@@ -42,7 +48,7 @@ def cmd_ray(args) -> int:
         record = local.up(args.nodes, args.cpus, args.gpus)
         print(f"Ray cluster: {record['address']} (head pid {record['head']['pid']}, "
               f"{len(record['nodes'])} worker nodes; logs in {local.home()})")
-        print(f"Ray dashboard: {record['dashboard']}")
+        print(f"Ray dashboard: {record['dashboard'] or no_dashboard()}")
         print("stages with resources.engine: ray train on it; for other Ray clients:")
         print(f"  export RAY_ADDRESS={record['address']}")
         return 0
@@ -66,7 +72,7 @@ def print_status(info: dict) -> int:
         print("Ray cluster: not running (`alignflow ray up` starts one)")
         return 0
     record = info["record"]
-    print(f"Ray cluster: {record['address']}  dashboard {record['dashboard']}")
+    print(f"Ray cluster: {record['address']}  dashboard {record['dashboard'] or no_dashboard()}")
     if info.get("problem"):
         print(f"the head does not answer: {info['problem']}")
         return 1

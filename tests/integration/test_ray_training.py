@@ -7,7 +7,6 @@ The node-loss test takes the worker node away, so it runs last here."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import time
@@ -33,16 +32,15 @@ def cluster():
     local.down()
 
 
-def ray_job(tmp_path, cluster, key: str, **config) -> tuple[dict, object, object]:
+def ray_job(tmp_path, cluster, key: str, resources: dict | None = None, **config) -> tuple[dict, object, object]:
     """An SFT job for two Ray workers, its inputs published to a store first (the workers fetch them)."""
-    job, workdir = sft_job(tmp_path, resources={"engine": "ray", "workers": 2}, **config)
+    job, workdir = sft_job(tmp_path, resources={"engine": "ray", "workers": 2, **(resources or {})}, **config)
     (tmp_path / "tokens").mkdir()
     (tmp_path / "tokens.parquet").rename(tmp_path / "tokens" / "tokens.parquet")
     store = open_store(str(tmp_path / "store"), tmp_path / "stage-cache")
     model = store.put_dir("t/model", "model", Path(job["model_chain"][0]))
     data = store.put_dir("t/tokens", "dataset", tmp_path / "tokens", metadata={})
-    refs = {"model_chain": [dataclasses.asdict(model)], "data": dataclasses.asdict(data),
-            "data_file": "tokens.parquet", "extra": {}}
+    refs = {"model_chain": [model.portable()], "data": data.portable(), "data_file": "tokens.parquet", "extra": {}}
     job["ray"] = {"address": cluster["address"], "store": store.uri, "credentials_block": None, "checkpoints": key,
                   "inputs": refs}
     return job, workdir, store
@@ -108,6 +106,20 @@ def test_two_workers_train_on_two_nodes_through_the_store(tmp_path, cluster):
     assert store.backend.exists("checkpoints/sft-two/latest.json")
 
 
+def test_deepspeed_zero2_on_two_workers_stores_each_ranks_shard_and_trains(tmp_path, cluster):
+    """resources.deepspeed on Ray: ZeRO-2 over the two workers (gloo on CPUs); each rank's optimizer shard
+    reaches the store with the checkpoint (no shared filesystem), and the output is one whole model."""
+    job, workdir, store = ray_job(tmp_path, cluster, "sft-zero2", resources={"deepspeed": "zero2"},
+                                  trainer_args={"save_steps": 0.5})
+    metrics = trainer.launch("train_sft", "sft", job, workdir, logger_with("test.ray.zero2"),
+                             checkpoints=StoredCheckpoints(store, "sft-zero2", logging.getLogger("test.ray.zero2")))
+    assert metrics["ray_workers"] == 2 and metrics["steps"] == 50 and metrics["final_loss"] < 1.6
+    stored = StoredCheckpoints(store, "sft-zero2", logging.getLogger("test.ray.zero2")).latest()
+    shards = sorted(re.sub(r".*(zero_pp_rank_\d+).*", r"\1", f) for f in stored["files"] if "optim_states" in f)
+    assert shards == ["zero_pp_rank_0", "zero_pp_rank_1"], stored["files"]
+    assert (workdir / "output" / "model.safetensors").exists()
+
+
 def test_a_bad_setting_on_a_worker_stays_a_config_error(tmp_path, cluster):
     job, workdir, store = ray_job(tmp_path, cluster, "sft-bad", trainer_args={"no_such_argument": 1})
     logger = logger_with("test.ray.bad")
@@ -151,7 +163,9 @@ store: {tmp_path / "store"}
     assert result.code == 0, result.output[-4000:]
     assert result.status()["train_sft"] == "ran" and result.status()["deploy"] == "ran"
     scores = result.summary["scores"]
-    assert scores["candidate"] >= 0.6 and scores["candidate"] - scores["base"] >= 0.4, scores
+    assert scores["candidate"] - scores["base"] >= 0.4, scores
+    # the local single-process stage, on the same 16 rows a step, scores 1.0 (benchmarks/ray_quality.py)
+    assert scores["candidate"] >= 0.95, scores
     sft = open_store(str(tmp_path / "store")).ref("ray-demo/sft")
     assert sft.metrics["ray_workers"] == 2 and len(set(re.findall(r"(\w{12}) \(rank", sft.metrics["ray_nodes"]))) == 2
     assert "Ray worker 1 on node" in result.output
