@@ -138,5 +138,6 @@ def stage_error(failures: dict) -> AlignflowError:
     text = str(failures[min(failures)])
     return failure_error(json.loads(text[text.index(FAILURE) + len(FAILURE):].splitlines()[0]))
 
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1]))

@@ -69,11 +69,8 @@ class EvalIndex:
         """The first evaluation row that one of a training row's `texts` overlaps, or None."""
         for text in texts:
             w = words(text)
-            hit = self.short.get(w)
-            for i in range(len(w) - N + 1 if self.grams else 0):
-                if hit:
-                    break
-                hit = self.grams.get(hash(w[i:i + N]))
+            hit = self.short.get(w) or next(filter(None, (self.grams.get(hash(w[i:i + N]))
+                                                          for i in range(len(w) - N + 1))), None)
             if hit:
                 return Match(hit[0], hit[1], self.texts[hit])
         return None

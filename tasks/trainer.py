@@ -165,8 +165,7 @@ def launch(stage: str, module: str, job: dict, workdir: Path, logger: logging.Lo
     tail: collections.deque[str] = collections.deque(maxlen=40)
     reader = Reader(stage, logger, None if on_ray else checkpoints, workdir, dashboard_key)
     logger.info("%s: trainer output goes to %s", stage, log_file)
-    # its own process group: whatever ends the parent early (Ctrl-C, a cancelled run, a crash) stops the
-    # launcher and the trainer with it, instead of leaving them training for nobody
+    # whatever ends this process early stops the launcher and the trainer (a Ray driver's abort takes longer)
     with owned_child(cmd, grace=60 if on_ray else 10, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                      env=env) as proc, \
             open(log_file, "a", encoding="utf-8") as log:

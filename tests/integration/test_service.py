@@ -382,12 +382,12 @@ def test_cancelling_a_run_that_trains_on_ray_stops_the_ray_job_and_leaves_no_act
     cluster = local.up(nodes=0)
     try:
         with api(service) as client:
-            spec = copy.deepcopy(deployment(client, "post-train/manual").parameters["spec"])
+            manual = deployment(client, "post-train/manual")
+            spec = copy.deepcopy(manual.parameters["spec"])
             spec["data"].pop("preference"), spec["stages"].pop("dpo")  # SFT alone: no data of the other tests
             spec["stages"]["sft"].update(epochs=500, trainer_args={}, learning_rate=1.0e-3,  # an hour of work
                                          resources={"engine": "ray", "workers": 1, "address": cluster["address"]})
-            run = client.create_flow_run_from_deployment(deployment(client, "post-train/manual").id,
-                                                         parameters={"spec": spec})
+            run = client.create_flow_run_from_deployment(manual.id, parameters={"spec": spec})
 
             def training_on_ray():
                 state = client.read_flow_run(run.id).state
