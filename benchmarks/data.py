@@ -1,6 +1,6 @@
 """Converting and tokenizing chat data, measured beside the plain `datasets` way in the same run.
 
-    .venv/bin/python benchmarks/data.py [--rows 200000]
+    .venv/bin/python benchmarks/data.py [--rows 200000] [--contamination]
 
 Writes ROWS rows of mixed-length chat data (ShareGPT rows of 1-4 turns, answers from a few words to a
 few thousand characters) as JSON lines, then, each in a fresh process so peak memory is its own:
@@ -8,6 +8,10 @@ few thousand characters) as JSON lines, then, each in a fresh process so peak me
   - baseline: datasets.load_dataset("json") + .map(apply_chat_template(tokenize=True)), no checks, no masks
 and alignflow again on a quarter of the rows: streaming means its peak memory must not grow with the file.
 Prints rows per second and peak RSS for each, and the ratios.
+
+With --contamination: alignflow with the convert stage's contamination check against 2,000 evaluation
+questions (5 to 40 words; 50 of them copied, re-cased and re-spaced, into the training rows), against
+alignflow without it, on the same file. Target: at most 1.3x the time.
 """
 
 from __future__ import annotations
@@ -51,13 +55,31 @@ def tokenizer(folder: Path):
     return tok
 
 
-def run_alignflow(data: Path, work: Path, tok) -> int:
+EVAL_QUESTIONS, PLANTED = 2000, 50
+
+
+def write_eval(data: Path, evals: Path, seed: int = 1) -> None:
+    """EVAL_QUESTIONS evaluation questions (as an eval split's canonical rows) in `evals`, and PLANTED of
+    them appended to `data` as training rows, re-cased and re-spaced."""
+    rng = random.Random(seed)
+    questions = [f"eval {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for i in range(EVAL_QUESTIONS)]
+    evals.write_text("".join(json.dumps({"question": q, "answer": "x"}) + "\n" for q in questions))
+    with open(data, "a", encoding="utf-8") as f:
+        for q in questions[::EVAL_QUESTIONS // PLANTED]:
+            turns = [{"from": "human", "value": "  ".join(q.upper().split())}, {"from": "gpt", "value": "x"}]
+            f.write(json.dumps({"conversations": turns}) + "\n")
+
+
+def run_alignflow(data: Path, work: Path, tok, evals: Path | None = None) -> int:
+    from tasks.contamination import EvalSets
     from tasks.convert import ConvertRules, DataSource, convert_sources
     from tasks.token_settings import TokenizeConfig
     from tasks.tokens import tokenize_file
 
+    index = EvalSets().index(evals.parent, work / "sets") if evals else None
     report = convert_sources("sft", [DataSource(source=str(data))], ConvertRules(), work / "converted",
-                             work / "scratch")
+                             work / "scratch", evals=index)
+    assert report.total("contaminated") == (PLANTED if evals else 0)
     counts = tokenize_file(tok, work / "converted" / "data.jsonl", work / "tokens.parquet",
                            TokenizeConfig(max_length=4096), work / "quarantine.jsonl")
     assert counts["rows"] == report.total("rows")
@@ -89,7 +111,10 @@ def child(which: str, data: str, work: str) -> None:
 
     tok = tokenizer(Path(work) / "tok")
     started = time.perf_counter()
-    rows = (run_alignflow if which == "alignflow" else run_baseline)(Path(data), Path(work), tok)
+    if which == "checked":
+        rows = run_alignflow(Path(data), Path(work), tok, Path(data).parent / "eval" / "data.jsonl")
+    else:
+        rows = (run_alignflow if which == "alignflow" else run_baseline)(Path(data), Path(work), tok)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb}))
@@ -108,10 +133,14 @@ def measure(which: str, data: Path, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--contamination", action="store_true", help="alignflow with the contamination check "
+                                                                      "against alignflow without it")
     parser.add_argument("--child", nargs=3, metavar=("WHICH", "DATA", "WORK"))
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    if args.contamination:
+        return contamination(args.rows)
     with tempfile.TemporaryDirectory(prefix="alignflow-bench-data-") as tmp:
         tmp = Path(tmp)
         full, quarter = tmp / "chat.jsonl", tmp / "chat-quarter.jsonl"
@@ -128,6 +157,23 @@ def main() -> None:
     print(f"speed alignflow / baseline: {ours['rows_per_s'] / base['rows_per_s']:.2f} (target >= 1)")
     print(f"peak memory alignflow / baseline: {ours['peak_mb'] / base['peak_mb']:.2f}")
     print(f"peak memory alignflow, 4x the rows: {ours['peak_mb'] / small['peak_mb']:.2f} (flat: about 1)")
+
+
+def contamination(rows: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="alignflow-bench-contamination-") as tmp:
+        tmp = Path(tmp)
+        data = tmp / "chat.jsonl"
+        write_rows(data, rows)
+        (tmp / "eval").mkdir()
+        write_eval(data, tmp / "eval" / "data.jsonl")
+        print(f"{rows + PLANTED} rows, {data.stat().st_size / 1e6:.0f} MB; {EVAL_QUESTIONS} evaluation questions, "
+              f"{PLANTED} of them planted")
+        off = measure("alignflow", data, tmp / "off")
+        on = measure("checked", data, tmp / "on")
+    for name, r in (("alignflow, no check", off), ("alignflow, checked", on)):
+        print(f"{name:<28} {r['rows']:>7} rows  {r['seconds']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  "
+              f"peak {r['peak_mb']:6.0f} MB")
+    print(f"time checked / unchecked: {on['seconds'] / off['seconds']:.2f} (target <= 1.3)")
 
 
 if __name__ == "__main__":

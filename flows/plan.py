@@ -229,6 +229,8 @@ def render_memory(spec, rows: list[dict], memory: tuple) -> str:
     shape, found, estimates = memory
     if isinstance(shape, str):
         return f"memory: {shape}"
+    if not estimates:
+        return "memory: no stage of this spec loads the model"
     free = "; ".join(f"{d.name}: {gib(d.free)} GiB free of {gib(d.total)}" for d in found.values())
     cached = {stage for stage in {stage_of(r["stage"]) for r in rows}
               if all(r["plan"] == "cached" for r in rows if stage_of(r["stage"]) == stage)}

@@ -26,6 +26,7 @@ from serving.rollout import discard_green
 from storage import ArtifactRef
 from storage.results import result_storage
 from storage.store import default_cache_dir
+from tasks.contamination import EvalSets
 from tasks.cpo import train_cpo
 from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
@@ -202,13 +203,25 @@ def convert_all(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str 
     steps.pinned.update({split: pinned_value(items) for split, items in resolved.items()
                          if any(raw is not None for _, raw in items)})
     data = {}
-    for split, items in resolved.items():
-        sources, raws = [item for item, _ in items], [raw for _, raw in items]
+    for split in sorted(resolved, key=lambda s: s != "eval"):  # eval first: the others are checked against it
+        sources, raws = [item for item, _ in resolved[split]], [raw for _, raw in resolved[split]]
+        against = None if split == "eval" else eval_sets(spec, data.get("eval"))
         data[split] = steps.run(convert_dataset, run, split, sources,
-                                [content_fingerprint(s.source) for s in sources], raws, splits[split][1],
+                                [content_fingerprint(s.source) for s in sources], raws, splits[split][1], against,
                                 label=f"convert_dataset[{split}]")
+    data = {split: data[split] for split in resolved}
     steps.later(label_run, spec.name, stage_names(spec), {split: ref.label for split, ref in data.items()})
     return data
+
+
+def eval_sets(spec: PipelineSpec, split: ArtifactRef | None) -> EvalSets | None:
+    """What a training split's rows are checked against: the eval split and the local mcq sets (EvalScope's
+    built-in benchmarks are not read)."""
+    config = spec.stages.evaluate
+    folders = {s.name: s.path for s in config.sets if s.kind == "mcq"} if config else {}
+    if split is None and not folders:
+        return None
+    return EvalSets(split, folders, config.fingerprints() if config else {})
 
 
 def pinned_value(items: list) -> str | list:

@@ -45,7 +45,7 @@ class RunSummary(TypedDict, total=False):
 
 
 INPUT_ERRORS = (ConfigError, DataError, SourceError, UsageError)  # bad input: nothing of the failure is kept
-ROW_NOTES = ("bad", "duplicates", "skipped", "truncated", "no_loss")  # data counts shown when not zero
+ROW_NOTES = ("bad", "duplicates", "skipped", "contaminated", "truncated", "no_loss")  # data counts shown when not zero
 
 
 @dataclass

@@ -84,6 +84,11 @@ class DataSpec(StageConfig):
     on_bad_rows: Literal["fail", "skip"] = Field(
         "fail", description="fail: stop before training, listing every bad row as file:line: reason; skip: leave "
                             "them out, kept with their reasons in the dataset's quarantine.jsonl")
+    contamination: Literal["drop", "fail", "warn", "off"] = Field(
+        "drop", description="training rows that hold an evaluation question (13 words in a row in common after "
+                            "normalisation, or the whole of a shorter one; the eval split and mcq sets): drop: "
+                            "quarantine them with the row they match; fail: stop, listing them; warn: keep them, "
+                            "counted; off: no check")
 
     def sources(self, split: str) -> list[DataSource]:
         value = getattr(self, split)
@@ -92,7 +97,8 @@ class DataSpec(StageConfig):
 
     def splits(self) -> dict[str, tuple[list[DataSource], ConvertRules]]:
         """Each split's sources and conversion rules; an eval split carved out of the SFT rows when asked."""
-        rules = ConvertRules(on_bad_rows=self.on_bad_rows, eval_fraction=self.eval_fraction, seed=self.seed)
+        rules = ConvertRules(on_bad_rows=self.on_bad_rows, eval_fraction=self.eval_fraction, seed=self.seed,
+                             contamination=self.contamination)
         out = {split: (self.sources(split), rules) for split in SPLITS if self.sources(split)}
         if self.eval is None and self.eval_fraction > 0 and "sft" in out:
             out["sft"] = (out["sft"][0], rules.model_copy(update={"holdout": "train"}))

@@ -41,6 +41,13 @@ class Match:
     row: int
     text: str
 
+    def describe(self) -> str:
+        """>>> Match("qa", 3, "Reverse: a b c").describe()
+        "holds row 3 of evaluation set qa: 'Reverse: a b c'"
+        """
+        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return f"holds row {self.row} of evaluation set {self.set_name}: {shown!r}"
+
 
 @dataclass
 class EvalIndex:
@@ -74,3 +81,56 @@ class EvalIndex:
             if hit:
                 return Match(hit[0], hit[1], self.texts[hit])
         return None
+
+
+def row_texts(row) -> list[str]:
+    """Every text of a canonical row (each message's content, a question, an answer), roles left out.
+
+    >>> row_texts({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    ['hi', 'hello']
+    """
+    if isinstance(row, str):
+        return [row]
+    if isinstance(row, dict):
+        return [t for key, value in row.items() if key != "role" for t in row_texts(value)]
+    if isinstance(row, list):
+        return [t for value in row for t in row_texts(value)]
+    return []
+
+
+@dataclass
+class EvalSets:
+    """The evaluation rows a training split is checked against: the eval split's dataset, and the local
+    multiple-choice sets (`folders`: set name -> folder, or builtin://reverse/mcq; `fingerprints`: their
+    files' identity, which keys the cache with the split's digest)."""
+
+    split: object = None  # the eval split's ArtifactRef, or None
+    folders: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def cache_identity(self) -> dict:
+        return {"split": getattr(self.split, "digest", None),
+                "sets": {name: self.fingerprints.get(name, path) for name, path in sorted(self.folders.items())}}
+
+    def index(self, split_dir, scratch) -> EvalIndex:
+        """Every question of the eval split (`split_dir`: its dataset, downloaded) and of each set."""
+        import json
+        from pathlib import Path
+
+        from tasks.evaluate import QA, mcq_folder, subjects
+        from tasks.readers import records
+
+        index = EvalIndex()
+        if split_dir is not None:
+            with open(Path(split_dir) / "data.jsonl", encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    index.add(QA, number, json.loads(line).get("question", ""))
+        for name, path in self.folders.items():
+            folder = mcq_folder(path, Path(scratch) / name)
+            for subject in subjects(folder):
+                file = next(p for p in sorted(folder.glob(f"{subject}_val.*")) if p.suffix in (".csv", ".jsonl"))
+                for record in records(file):
+                    question = (record.row or {}).get("question")
+                    if isinstance(question, str):
+                        index.add(f"{name}/{subject}", record.line, question)
+        return index

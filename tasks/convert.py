@@ -25,6 +25,7 @@ from alignflow.errors import ConfigError, DataError
 from storage import ArtifactRef
 from tasks import formats
 from tasks.config import StageConfig
+from tasks.contamination import EvalIndex, EvalSets, row_texts
 from tasks.formats import RowError, SkipRow
 from tasks.readers import TOO_DEEP, Record, records
 from tasks.row_stats import MAX_LISTED, listed_problems, percentiles
@@ -53,6 +54,7 @@ class ConvertRules(StageConfig):
     holdout: Literal["none", "train", "eval"] = "none"  # which side of a carved eval split this split keeps
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    contamination: Literal["drop", "fail", "warn", "off"] = "drop"  # training rows that contain an eval row
 
     def row_kind(self, kind: str) -> str:
         """The kind of row the sources hold: a carved eval split reads SFT rows."""
@@ -69,6 +71,10 @@ class SourceReport:
     duplicates: int = 0
     skipped: int = 0  # valid rows without a preference (UltraFeedback ties)
     held_out: int = 0  # rows on the other side of a carved eval split
+    contaminated: int = 0  # rows holding an evaluation row (dropped unless `contamination` keeps them)
+
+
+COUNTS = ("read", "rows", "bad", "duplicates", "skipped", "held_out", "contaminated")
 
 
 @dataclass
@@ -76,26 +82,29 @@ class Report:
     kind: str
     sources: list[SourceReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # the first MAX_LISTED bad rows, as file:line: reason
+    contamination: list[str] = field(default_factory=list)  # the first MAX_LISTED contaminated rows, likewise
     stats: dict = field(default_factory=dict)
 
     def total(self, key: str) -> int:
         return sum(getattr(s, key) for s in self.sources)
 
     def as_dict(self) -> dict:
-        counts = {k: self.total(k) for k in ("read", "rows", "bad", "duplicates", "skipped", "held_out")}
+        counts = {k: self.total(k) for k in COUNTS}
         return {"kind": self.kind, **counts, "sources": [vars(s) for s in self.sources], "stats": self.stats,
-                "problems": self.problems}
+                "problems": self.problems, "contamination": self.contamination}
 
 
 def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules,
-            out: Path) -> Report:
+            out: Path, evals: EvalIndex | None = None) -> Report:
     """Convert every source's files into `out/data.jsonl` (and `out/quarantine.jsonl`); raise DataError
-    listing every bad row when they are not to be skipped. `sources`: each with its local files. A failure
-    leaves no data.jsonl behind (and no quarantine, unless it is EmptyData's explanation)."""
+    listing every bad row when they are not to be skipped. `sources`: each with its local files; `evals`:
+    the evaluation rows a training row must not contain (`rules.contamination` says what happens to one
+    that does). A failure leaves no data.jsonl behind (and no quarantine, unless it is EmptyData's
+    explanation)."""
     out.mkdir(parents=True, exist_ok=True)
     report = Report(kind)
     try:
-        _write(kind, sources, rules, out, report)
+        _write(kind, sources, rules, out, report, evals if rules.contamination != "off" else None)
         _check(kind, report, rules)
     except EmptyData:
         (out / "data.jsonl").unlink(missing_ok=True)
@@ -108,7 +117,7 @@ def convert(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]],
 
 
 def _write(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], rules: ConvertRules, out: Path,
-           report: Report) -> None:
+           report: Report, evals: EvalIndex | None) -> None:
     seen, shape = set(), Shape(kind)
     with open(out / "data.jsonl", "w", encoding="utf-8") as data, Quarantine(out / "quarantine.jsonl") as bad:
         for spec, files in sources:
@@ -116,22 +125,40 @@ def _write(kind: str, sources: list[tuple[DataSource, list[tuple[Path, str]]]], 
             report.sources.append(src)
             for record, fmt in _read(kind, spec, files, rules, src):
                 converted = _one(kind, record, fmt, spec, rules, src, report, bad)
-                if converted is not None and _first(converted[0], seen, src):
-                    data.write(converted[0] + "\n")
-                    shape.add(converted[1], len(converted[0]))
-                    src.rows += 1
+                if converted is None or not _first(converted[0], seen, src):
+                    continue
+                if evals is not None and _contaminated(evals, record, converted[1], rules, src, report, bad):
+                    continue
+                data.write(converted[0] + "\n")
+                shape.add(converted[1], len(converted[0]))
+                src.rows += 1
     report.stats = shape.summary()
 
 
+def _contaminated(evals: EvalIndex, record: Record, row: dict, rules: ConvertRules, src: SourceReport,
+                  report: Report, bad: Quarantine) -> bool:
+    """Whether the row holds an evaluation row and is to be left out (quarantined with the row it holds)."""
+    match = evals.find(row_texts(row))
+    if match is None:
+        return False
+    src.contaminated += 1
+    if len(report.contamination) < MAX_LISTED:
+        report.contamination.append(f"{record.file}:{record.line}: {match.describe()}")
+    if rules.contamination == "drop":
+        bad.add(record, f"contaminated: {match.describe()}", {"set": match.set_name, "row": match.row,
+                                                               "text": match.text})
+    return rules.contamination == "drop"
+
+
 def convert_sources(kind: str, sources: list[DataSource], rules: ConvertRules, out: Path, scratch: Path,
-                    registered: list[Path | None] | None = None) -> Report:
+                    registered: list[Path | None] | None = None, evals: EvalIndex | None = None) -> Report:
     """Bring each source's files here (`scratch` holds downloads; `registered`: local copies of store://
     versions) and convert them into `out`, as `convert` does."""
     from tasks.sources import local_files
 
     registered = registered or [None] * len(sources)
     return convert(kind, [(spec, local_files(spec.source, scratch, path)) for spec, path in zip(sources, registered)],
-                   rules, out)
+                   rules, out, evals)
 
 
 def _read(kind: str, spec: DataSource, files, rules: ConvertRules, src: SourceReport):
@@ -233,7 +260,14 @@ def _first(line: str, seen: set, src: SourceReport) -> bool:
 
 
 def _check(kind: str, report: Report, rules: ConvertRules) -> None:
-    bad = report.total("bad")
+    bad, contaminated = report.total("bad"), report.total("contaminated")
+    if contaminated and rules.contamination == "fail":
+        raise DataError(f"{kind} data has {contaminated} row{'s' * (contaminated != 1)} holding evaluation rows "
+                        f"(13 words in a row in common after normalisation, or the whole of a shorter question):\n"
+                        f"{listed_problems(report.contamination, contaminated)}\n"
+                        "A model trained on them would be judged on questions it has seen. Remove them from the "
+                        "source, or leave them out with data.contamination: drop (they are kept, with the row they "
+                        "match, in quarantine.jsonl); data.contamination: warn keeps them")
     if bad and rules.on_bad_rows == "fail":
         raise DataError(f"{kind} data has {bad} bad row{'s' * (bad != 1)} of {report.total('read')}:\n"
                         f"{listed_problems(report.problems, bad)}\n"
@@ -244,7 +278,7 @@ def _check(kind: str, report: Report, rules: ConvertRules) -> None:
         sources = ", ".join(s.source for s in report.sources)
         raise EmptyData(f"{kind} data from {sources} is empty after conversion ({report.total('read')} rows read, "
                         f"{bad} bad, {report.total('skipped')} without a preference, {report.total('held_out')} held "
-                        f"out): nothing to train or evaluate on{why}")
+                        f"out, {contaminated} holding evaluation rows): nothing to train or evaluate on{why}")
 
 
 class Quarantine:
@@ -257,19 +291,22 @@ class Quarantine:
         self.path.unlink(missing_ok=True)
         return self
 
-    def add(self, record: Record, reason: str) -> None:
+    def add(self, record: Record, reason: str, match: dict | None = None) -> None:
+        """`match`: the evaluation row a contaminated row holds."""
         if self.file is None:  # a lone surrogate is written as its \ud800 escape, which reads back the same
             self.file = open(self.path, "w", encoding="utf-8", errors="backslashreplace")
-        self.file.write(_entry(record, reason) + "\n")
+        self.file.write(_entry(record, reason, match) + "\n")
 
     def __exit__(self, *exc) -> None:
         if self.file:
             self.file.close()
 
 
-def _entry(record: Record, reason: str) -> str:
+def _entry(record: Record, reason: str, match: dict | None = None) -> str:
     """A quarantined row as one JSON line: the row, or the line's text when it is not a row."""
     entry = {"file": record.file, "line": record.line, "reason": reason, "row": record.row}
+    if match:
+        entry["matches"] = match
     if record.row is None and record.text is not None:
         entry["text"] = record.text
     try:
@@ -304,21 +341,33 @@ class Shape:
 
 @stage("convert_dataset", key_metric="rows")
 def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fingerprints: list[str],
-                    raws: list[Optional[ArtifactRef]], rules: ConvertRules) -> ArtifactRef:
+                    raws: list[Optional[ArtifactRef]], rules: ConvertRules,
+                    against: Optional[EvalSets] = None) -> ArtifactRef:
     """`fingerprints`: each source's content identity (keys the cache for sources outside the store);
-    `raws`: the registered dataset version each `store://` source resolved to (None for the others)."""
+    `raws`: the registered dataset version each `store://` source resolved to (None for the others);
+    `against`: for a training split, the evaluation sets its rows must not contain."""
     from prefect import get_run_logger
 
     from tasks.degeneracy import mostly_duplicates, noted
 
-    workdir, store = run.workdir(), run.open_store()
+    workdir, store, log = run.workdir(), run.open_store(), get_run_logger()
+    evals = None
+    if against is not None and rules.contamination != "off":
+        evals = against.index(store.get_dir(against.split) if against.split else None, workdir / "eval-sets")
+        log.info("convert_dataset[%s]: checking rows against %d evaluation questions", split, len(evals))
     report = convert_sources(split, sources, rules, workdir / split, workdir / "sources",
-                             [store.get_dir(raw) if raw else None for raw in raws])
+                             [store.get_dir(raw) if raw else None for raw in raws], evals)
     counts = report.as_dict()
     (workdir / split / "report.json").write_text(json.dumps(counts, indent=2))
-    get_run_logger().info("convert_dataset[%s]: %s", split, describe(counts))
+    log.info("convert_dataset[%s]: %s", split, describe(counts))
+    if counts["contaminated"]:
+        log.warning("convert_dataset[%s]: %d rows hold evaluation rows (%s):\n%s", split, counts["contaminated"],
+                    "quarantined" if rules.contamination == "drop" else "kept: data.contamination is warn",
+                    listed_problems(counts["contamination"], counts["contaminated"]))
     inputs = {f"raw{i}" if len(raws) > 1 else "raw": raw for i, raw in enumerate(raws) if raw is not None}
-    metrics = {k: counts[k] for k in ("rows", "bad", "duplicates", "skipped", "held_out")}
+    if against is not None and against.split is not None:
+        inputs["checked_against"] = against.split
+    metrics = {k: counts[k] for k in COUNTS if k != "read"}
     metrics = noted(metrics, [mostly_duplicates(counts["read"], counts["duplicates"])], f"convert_dataset[{split}]",
                     get_run_logger())
     return publish(run, f"data-{split}", "dataset", workdir / split, stage="convert_dataset",
@@ -331,6 +380,7 @@ def describe(counts: dict) -> str:
     notes = [f"{counts['bad']} bad rows quarantined" if counts["bad"] else "",
              f"{counts['duplicates']} duplicates removed" if counts["duplicates"] else "",
              f"{counts['skipped']} ties skipped" if counts["skipped"] else "",
-             f"{counts['held_out']} held out for the other split" if counts["held_out"] else ""]
+             f"{counts['held_out']} held out for the other split" if counts["held_out"] else "",
+             f"{counts['contaminated']} holding evaluation rows" if counts.get("contaminated") else ""]
     notes = [n for n in notes if n]
     return f"{counts['rows']} rows ({counts['read']} read" + ("; " + ", ".join(notes) if notes else "") + ")"

@@ -116,3 +116,14 @@ def test_trainer_args_are_read_from_trl_s_own_dataclasses():
         assert config_fields(path) == real, path
     assert unknown_args("trl.trainer.sft_config.SFTConfig", {"max_steps": 1, "packing": True}, "x") == []
     assert unknown_args("no.such.Module", {"anything": 1}, "x") == []  # cannot tell: the trainer decides
+
+
+def test_plan_of_a_data_only_pipeline_checks_training_data_after_the_eval_split(tmp_path):
+    spec = write_spec(tmp_path / "spec.yaml", "name: data-only\nmodel: builtin://tiny-qwen2\nstages: {}\n"
+                                              "data: {sft: builtin://reverse/sft, eval: builtin://reverse/eval}\n"
+                                              f"store: {tmp_path}/store\n")
+    result = run_cli("plan", str(spec))
+    assert result.code == 0, result.output
+    assert "memory: no stage of this spec loads the model" in result.stdout
+    # the sft split is checked against the eval split's rows (contamination): its key waits for them
+    assert "convert_dataset[sft]   would run  (after convert_dataset[eval])" in result.stdout

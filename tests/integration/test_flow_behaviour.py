@@ -4,11 +4,13 @@ needs its artifact."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from storage import open_store
+from tasks.builtin import reverse_task
 from tests.conftest import run_cli, write_spec
 
 SMALL = """
@@ -122,3 +124,32 @@ def test_bad_rows_stop_the_run_before_training_listing_each_row_without_a_traceb
     assert "Traceback" not in result.output and "Retry 1/" not in result.output
     store = open_store(str(tmp_path / "store"))
     assert store.versions("small/data-sft") == [] and store.versions("small/sft") == []
+
+
+def test_a_new_data_version_holding_eval_questions_trains_without_them(tmp_path):
+    """5 eval questions, re-cased and re-spaced, arrive in a registered data version: they are quarantined
+    with the eval row each matches, and SFT trains on the rest."""
+    splits = reverse_task.splits()
+    copied = [chat_row("  ".join(e["question"].upper().split()), e["answer"]) for e in splits["eval"][10:15]]
+    rows = splits["sft"][:200] + copied
+    data = tmp_path / "new.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store_dir = tmp_path / "store"
+    assert run_cli("data", "add", "small/chat", str(data), "--store", str(store_dir)).code == 0
+    spec = write_spec(tmp_path / "c.yaml", "name: small\nmodel: builtin://tiny-qwen2\n"
+                                           "data: {sft: store://small/chat, eval: builtin://reverse/eval}\n"
+                                           f"store: {store_dir}\nstages: {{sft: {{tuner: full, epochs: 1}}}}\n")
+    result = run_cli("run", str(spec))
+    assert result.code == 0, result.output[-3000:]
+    assert "contaminated=5" in result.stdout and result.status()["train_sft"] == "ran"
+    store = open_store(str(store_dir))
+    converted = store.get_dir(store.ref("small/data-sft"))
+    assert len((converted / "data.jsonl").read_text().splitlines()) == 200
+    quarantined = [json.loads(line) for line in (converted / "quarantine.jsonl").read_text().splitlines()]
+    assert [(q["line"], q["matches"]["set"], q["matches"]["text"]) for q in quarantined] == \
+        [(201 + i, "qa", e["question"]) for i, e in enumerate(splits["eval"][10:15])]
+    assert store.versions("small/sft")
+
+
+def chat_row(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}

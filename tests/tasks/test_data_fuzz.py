@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from alignflow.errors import ConfigError, DataError, SourceError
 from tasks import formats
+from tasks.contamination import EvalIndex
 from tasks.convert import ConvertRules, DataSource, convert_sources
 from tasks.readers import Record, records
 from tests.tasks.test_convert import table_text
@@ -191,25 +192,32 @@ def json_lines(path: Path) -> list[str]:
         return list(f)
 
 
+EVALS = EvalIndex()  # short questions a fuzzed row may be, and one of 14 words
+for _row, _text in enumerate(["a", "hi", "0", "the quick brown fox jumps over the lazy dog and runs far away"]):
+    EVALS.add("qa", _row, _text)
+
+
 def check_convert(kind: str, sources: list[DataSource], on_bad_rows: str, where: Path, named: str) -> None:
     """A report whose counts add up over a well-formed data.jsonl, or an expected error naming `named`; no
     data.jsonl after an error, and no quarantine either with on_bad_rows: fail."""
     out = where / "out"
-    try:
-        report = convert_sources(kind, sources, ConvertRules(on_bad_rows=on_bad_rows), out, where / "scratch")
+    try:  # every training row is also looked up in an index of evaluation questions (contamination: drop)
+        report = convert_sources(kind, sources, ConvertRules(on_bad_rows=on_bad_rows), out, where / "scratch",
+                                 evals=EVALS if kind != "eval" else None)
     except EXPECTED as exc:
         assert named in str(exc), exc
         assert not (out / "data.jsonl").exists()
         assert on_bad_rows == "skip" or not (out / "quarantine.jsonl").exists()
         return
     counts = report.as_dict()
-    assert counts["rows"] + counts["bad"] + counts["duplicates"] + counts["skipped"] == counts["read"]
+    assert sum(counts[k] for k in ("rows", "bad", "duplicates", "skipped", "contaminated")) == counts["read"]
     assert counts["rows"] > 0 and (counts["bad"] == 0 or on_bad_rows == "skip")
     lines = json_lines(out / "data.jsonl")
     assert len(lines) == counts["rows"] and all(isinstance(json.loads(line), dict) for line in lines)
     quarantined = out / "quarantine.jsonl"
     kept = json_lines(quarantined) if quarantined.exists() else []
-    assert len(kept) == counts["bad"] and all(set(json.loads(q)) >= {"file", "line", "reason", "row"} for q in kept)
+    assert len(kept) == counts["bad"] + counts["contaminated"]
+    assert all(set(json.loads(q)) >= {"file", "line", "reason", "row"} for q in kept)
 
 
 # ---- what the fuzzing found, kept ----------------------------------------------------------------
