@@ -164,6 +164,7 @@ def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model
     then point the model's `production` alias at it. A failed deploy gives the claim back."""
     from alignflow.errors import ConflictError
     from flows.dashboard import show_endpoint
+    from flows.trend import show_trend
 
     store, claimed = run.open_store(), False
     if report is not None:
@@ -186,6 +187,7 @@ def ship(steps: Steps, run: RunContext, spec: PipelineSpec, summary: dict, model
                        probe=deployment.metrics.get("smoke_prompt", "hello"),
                        load_test=deployment.metrics.get("load_test"))
     store.promote(model, PRODUCTION)
+    steps.later(show_trend, spec.name, store)
     summary["production"] = model.label
     return summary
 

@@ -282,12 +282,13 @@ def cross_checks(spec: PipelineSpec) -> list[str]:
 
 
 def gated_sets_problems(stages: Stages) -> list[str]:
-    """The gate's max_drop names sets the evaluation has."""
+    """The gate's max_drop and max_set_regression name sets the evaluation has."""
     if stages.gate is None or stages.evaluate is None:
         return []
     names = ["qa"] + [s.name for s in stages.evaluate.sets]
-    return [f"stages.gate.max_drop.{name}: no such evaluation set; stages.evaluate has {', '.join(names)}"
-            for name in stages.gate.max_drop if name not in names]
+    rules = {"max_drop": stages.gate.max_drop, "max_set_regression": stages.gate.max_set_regression}
+    return [f"stages.gate.{rule}.{name}: no such evaluation set; stages.evaluate has {', '.join(names)}"
+            for rule, drops in rules.items() for name in drops if name not in names]
 
 
 def trainer_args_problems(stages: Stages) -> list[str]:

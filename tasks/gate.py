@@ -6,6 +6,8 @@ Rules (all must hold; each failure is listed in the decision's reasons):
     score >= production score - max_regression    (when a model is in production)
     reward-model win rate over the SFT policy >= min_win_rate    (when set; the `judge` stage measures it)
     each set in max_drop: its score >= the base model's - max_drop[set]   (what training must not cost)
+    each set in max_set_regression: its score >= production's - max_set_regression[set]   (when a model is
+        in production and its report scored that set)
 Never cached: production moves between runs. The decision is a plain dict the flow reports; it names
 the production version it judged against, and the flow promotes the candidate only if production still
 points there (compare-and-swap), so two runs that pass at once never lose an update.
@@ -39,13 +41,18 @@ class GateStage(StageConfig):
     max_drop: dict[str, float] = Field(default_factory=dict, description="per evaluation set (its name, or qa): "
                                        "how far below the base model's score the candidate may fall there, e.g. "
                                        "{knowledge: 0.05}: a skill the training must not cost")
+    max_set_regression: dict[str, float] = Field(default_factory=dict, description="per evaluation set (its name, "
+                                                 "or qa): how far below production's score the candidate may "
+                                                 "fall there, e.g. {mcq: 0.05}: a set production does well on "
+                                                 "must stay good")
 
     def needs(self) -> tuple[str, ...]:
         return ("stages.evaluate",) + (("stages.reward",) if self.min_win_rate is not None else ())
 
     def problems(self) -> list[str]:
-        return [f"stages.gate.max_drop.{name}: {drop} is not between 0 and 1" for name, drop in
-                self.max_drop.items() if not 0 <= drop <= 1]
+        rules = {"max_drop": self.max_drop, "max_set_regression": self.max_set_regression}
+        return [f"stages.gate.{rule}.{name}: {drop} is not between 0 and 1" for rule, drops in rules.items()
+                for name, drop in drops.items() if not 0 <= drop <= 1]
 
 
 def production_report(run: RunContext) -> ArtifactRef | None:
@@ -54,7 +61,8 @@ def production_report(run: RunContext) -> ArtifactRef | None:
 
 
 def decide(score: float, base: float, production: float | None, config: GateStage,
-           win_rate: float | None = None, sets: dict | None = None, base_sets: dict | None = None) -> list[str]:
+           win_rate: float | None = None, sets: dict | None = None, base_sets: dict | None = None,
+           production_sets: dict | None = None) -> list[str]:
     """>>> decide(0.5, 0.3, None, GateStage(min_score=0.6))
     ['score 0.500 is below min_score 0.600']"""
     reasons = []
@@ -69,18 +77,24 @@ def decide(score: float, base: float, production: float | None, config: GateStag
     if config.min_win_rate is not None and (win_rate is None or win_rate < config.min_win_rate):
         measured = "was not measured (no judge report)" if win_rate is None else f"{win_rate:.3f}"
         reasons.append(f"win rate over the SFT policy {measured} is below min_win_rate {config.min_win_rate:.3f}")
-    return reasons + set_drops(sets or {}, base_sets or {}, config.max_drop)
+    reasons += set_drops(sets or {}, base_sets or {}, config.max_drop)
+    if production is not None:
+        reasons += set_drops(sets or {}, production_sets or {}, config.max_set_regression, "max_set_regression",
+                             "production's")
+    return reasons
 
 
-def set_drops(sets: dict, base_sets: dict, max_drop: dict) -> list[str]:
-    """One reason per set whose score fell below the base model's by more than its max_drop."""
+def set_drops(sets: dict, reference: dict, allowed: dict, rule: str = "max_drop",
+              whose: str = "the base model's") -> list[str]:
+    """One reason per set in `allowed` that was not evaluated, or whose score fell below `reference`'s by
+    more than its allowance. A set `reference` has no score for (production's report predates it) passes."""
     reasons = []
-    for name, drop in sorted(max_drop.items()):
-        if name not in sets or name not in base_sets:
-            reasons.append(f"{name}: max_drop names a set that was not evaluated (sets: {', '.join(sorted(sets))})")
-        elif sets[name] < base_sets[name] - drop:
-            reasons.append(f"{name}: {sets[name]:.3f} is {base_sets[name] - sets[name]:.3f} below the base model's "
-                           f"{base_sets[name]:.3f}, more than max_drop {drop:.3f}")
+    for name, drop in sorted(allowed.items()):
+        if name not in sets:
+            reasons.append(f"{name}: {rule} names a set that was not evaluated (sets: {', '.join(sorted(sets))})")
+        elif name in reference and sets[name] < reference[name] - drop:
+            reasons.append(f"{name}: {sets[name]:.3f} is {reference[name] - sets[name]:.3f} below {whose} "
+                           f"{reference[name]:.3f}, more than {rule} {drop:.3f}")
     return reasons
 
 
@@ -108,7 +122,8 @@ def gate(run: RunContext, candidate: ArtifactRef, base: ArtifactRef, config: Gat
     prod_score = production.metrics["score"] if production else None
     win_rate = judged.metrics["win_rate"] if judged else None
     reasons = decide(candidate.metrics["score"], base.metrics["score"], prod_score, config, win_rate,
-                     candidate.metrics.get("sets"), base.metrics.get("sets"))
+                     candidate.metrics.get("sets"), base.metrics.get("sets"),
+                     production.metrics.get("sets") if production else None)
     decision = Decision(passed=not reasons, reasons=reasons, score=candidate.metrics["score"],
                         base_score=base.metrics["score"], production_score=prod_score, win_rate=win_rate,
                         production=production.label if production else None,

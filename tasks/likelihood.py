@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 METRIC = "likelihood_accuracy"
-LETTERS = "ABCD"
+LETTERS = "ABCDEFGHIJ"  # option columns, as many as a row has: CEval's four, or two to ten
 
 
 def read_rows(folder: Path, subject: str, split: str) -> list[dict]:
@@ -44,7 +44,12 @@ def chats(row: dict, shots: list[dict]) -> tuple[list[dict], list[list[dict]]]:
         context += [{"role": "user", "content": shot["question"]},
                     {"role": "assistant", "content": shot[shot["answer"].strip().upper()]}]
     context.append({"role": "user", "content": row["question"]})
-    return context, [context + [{"role": "assistant", "content": row[letter]}] for letter in LETTERS]
+    return context, [context + [{"role": "assistant", "content": row[letter]}] for letter in letters(row)]
+
+
+def letters(row: dict) -> str:
+    """The row's option columns: A, B, ... as far as they go."""
+    return "".join(letter for letter in LETTERS if letter in row)
 
 
 class Local:
@@ -85,13 +90,13 @@ def answer(scorer, row: dict, shots: list[dict]) -> dict:
     prompt = scorer.tokens(context, answer=False)
     sequences = [scorer.tokens(messages, answer=True) for messages in options]
     scores = {}
-    for letter, ids, logprobs in zip(LETTERS, sequences, scorer.logprobs(sequences)):
+    for letter, ids, logprobs in zip(letters(row), sequences, scorer.logprobs(sequences)):
         start = shared_prefix(prompt, ids)  # where the answer's tokens begin, whatever the template adds
         if start == 0 or len(ids) <= start:  # an empty option, or a template that drops the answer: never chosen
             scores[letter] = -math.inf
         else:
             scores[letter] = round(sum(logprobs[start - 1:]), 4)
-    picked = max(LETTERS, key=lambda letter: scores[letter])
+    picked = max(scores, key=lambda letter: scores[letter])
     return {"id": row.get("id"), "question": row["question"], "answer": row["answer"].strip().upper(),
             "picked": picked, "logprobs": scores,
             "model_output": {"choices": [{"message": {"role": "assistant", "content": row[picked]}}]}}

@@ -1,4 +1,4 @@
-"""`alignflow artifacts ls|show|get|promote|rollback|verify`: look into the store."""
+"""`alignflow artifacts ls|show|get|promote|rollback|verify|history`: look into the store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from alignflow.errors import UsageError
+from alignflow.errors import ArtifactNotFound, UsageError
 from alignflow.home import default_store
 from alignflow.names import check
 from alignflow.tables import format_table
@@ -36,6 +36,8 @@ def add_parsers(sub) -> None:
     rollback.add_argument("name")
     rollback.add_argument("alias")
     verbs.add_parser("verify", help="re-hash every blob that manifests reference; exit 1 on any problem")
+    verbs.add_parser("history", help="a pipeline's production versions, oldest first: model, data versions, "
+                                     "score per evaluation set").add_argument("pipeline")
 
 
 def cmd_artifacts(args) -> int:
@@ -158,6 +160,19 @@ def cmd_verify(store: ArtifactStore) -> int:
     return 1 if report["problems"] else 0
 
 
+def cmd_history(store: ArtifactStore, pipeline: str) -> None:
+    from flows.trend import REPORT, production_history, trend_table
+
+    rows = production_history(store, check("pipeline", pipeline, "artifacts history PIPELINE"))
+    if not rows:
+        raise ArtifactNotFound(f"{pipeline} has nothing in production in {store.uri} yet: a run whose gate passes "
+                               f"promotes its evaluation report, or `alignflow artifacts promote "
+                               f"{pipeline}/{REPORT}@N production`")
+    print(f"{pipeline}/{REPORT}: the versions in production, oldest first; scores are {rows[-1]['metric']}, "
+          f"the gate judges {rows[-1]['primary']}")
+    print(trend_table(rows))
+
+
 def run_artifacts(args) -> int:
     store = existing_store(args.store or default_store(), args.storage)
     if args.artifacts_command == "ls":
@@ -177,4 +192,6 @@ def run_artifacts(args) -> int:
         print(f"{args.alias} -> {name}@{store.rollback(name, check('alias', args.alias, 'artifacts rollback ALIAS'))}")
     elif args.artifacts_command == "verify":
         return cmd_verify(store)
+    elif args.artifacts_command == "history":
+        cmd_history(store, args.pipeline)
     return 0

@@ -36,6 +36,7 @@ def bad_calls(tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("artifacts", "promote"): ["artifacts", "--store", MISSING, "promote", "demo/sft@1", "prod"],
         ("artifacts", "rollback"): ["artifacts", "--store", MISSING, "rollback", "demo/sft", "prod"],
         ("artifacts", "verify"): ["artifacts", "--store", MISSING, "verify"],
+        ("artifacts", "history"): ["artifacts", "--store", MISSING, "history", "demo"],
         ("storage", "up"): ["storage", "up"],
         ("storage", "down"): ["storage", "down"],
         ("storage", "status"): ["storage", "status"],

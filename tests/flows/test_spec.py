@@ -271,3 +271,12 @@ def test_engine_ray_without_a_cluster_names_where_to_give_one(monkeypatch, tmp_p
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert cluster_address(None, "resources.address") == "10.0.0.5:6379"
     assert cluster_address("head:6379", "resources.address") == "head:6379"
+
+
+def test_gate_rules_per_set_name_sets_the_evaluation_has():
+    raw = {**MINIMAL, "data": {"sft": "builtin://reverse/sft", "eval": "builtin://reverse/eval"},
+           "stages": {"evaluate": {}, "gate": {"max_drop": {"qa": 0.1}, "max_set_regression": {"mcq": 0.05}}}}
+    with pytest.raises(ConfigError) as err:
+        parse_spec(raw)
+    assert "stages.gate.max_set_regression.mcq: no such evaluation set; stages.evaluate has qa" in str(err.value)
+    assert "max_drop" not in str(err.value)

@@ -21,3 +21,19 @@ def test_a_set_the_candidate_loses_more_than_max_drop_on_rejects_it():
     assert decide(0.9, 0.1, None, config, sets=dict(sets, knowledge=0.58), base_sets=base) == []
     assert "not evaluated" in decide(0.9, 0.1, None, config, sets={"qa": 0.9}, base_sets=base)[0]
     assert GateStage(max_drop={"knowledge": 2}).problems()
+
+
+def test_a_set_the_candidate_loses_more_than_max_set_regression_on_against_production_rejects_it():
+    config = GateStage(max_set_regression={"mcq": 0.05})
+    sets, production = {"qa": 0.9, "mcq": 0.40}, {"qa": 0.8, "mcq": 0.55}
+    [reason] = decide(0.9, 0.1, 0.8, config, sets=sets, base_sets=sets, production_sets=production)
+    assert reason == "mcq: 0.400 is 0.150 below production's 0.550, more than max_set_regression 0.050"
+    assert decide(0.9, 0.1, 0.8, config, sets=dict(sets, mcq=0.52), base_sets=sets, production_sets=production) == []
+    assert decide(0.9, 0.1, None, config, sets=sets, base_sets=sets) == []  # nothing in production yet
+    before_mcq = {"qa": 0.8}  # production was scored before the set existed: nothing to compare
+    assert decide(0.9, 0.1, 0.8, config, sets=sets, base_sets=sets, production_sets=before_mcq) == []
+    [unknown] = decide(0.9, 0.1, 0.8, GateStage(max_set_regression={"gsm8k": 0.05}), sets=sets, base_sets=sets,
+                       production_sets=production)
+    assert unknown.startswith("gsm8k: max_set_regression names a set that was not evaluated")
+    assert GateStage(max_set_regression={"mcq": -0.1}).problems() == [
+        "stages.gate.max_set_regression.mcq: -0.1 is not between 0 and 1"]
