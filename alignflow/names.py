@@ -38,3 +38,8 @@ def check(kind: str, text: object, where: str) -> str:
     if not is_valid(kind, text):
         raise UsageError(f"{where}: {text!r} is not a {kind} name; a {kind} name is {RULES[kind][1]}")
     return text  # type: ignore[return-value]
+
+
+def pipeline_tag(pipeline: str) -> str:
+    """The Prefect tag of a pipeline's deployments and runs (server status groups by it; notifications match it)."""
+    return f"pipeline:{pipeline}"

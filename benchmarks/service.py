@@ -72,7 +72,7 @@ def wait_triggered_run_start(state: dict, timeout: float = 600) -> float:
 
     deadline = time.monotonic() + timeout
     with temporary_settings(updates={"api.url": state["server"]["api_url"]}), get_client(sync_client=True) as c:
-        dep = c.read_deployment_by_name("post-train/on-new-data")
+        dep = c.read_deployment_by_name("post-train/demo:on-new-data")
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
         while time.monotonic() < deadline:

@@ -2,11 +2,13 @@
 
     make screenshots        (or: .venv/bin/python docs/screenshots.py)
 
-In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, one run of post-train/manual
-(through the worker, as the dashboard's Run button would start it), then the pages: the run with its
+In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, three runs of post-train/demo
+(through the worker, as the dashboard's Run button would start them; the second and third with another
+DPO beta, as a user trying settings from the run form would), then the pages: the first run with its
 artifacts, DPO's stage card and loss curve, the load test of the deployed endpoint, the deployment's run
-form refusing a value out of range, the deployments list with the nightly schedule, and the automations
-with the new-data trigger. Everything started is stopped at the end.
+form refusing a value out of range, the deployments list with the nightly schedule, the automations with
+the new-data trigger, and the quality trend over the three production versions. Everything started is
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -32,14 +34,19 @@ def alignflow(*args: str) -> str:
     return proc.stdout
 
 
-def run_manual(api_url: str) -> str:
-    """Start post-train/manual through the API and wait until it ends; return the flow run id."""
+def run_manual(api_url: str, beta: float | None = None) -> str:
+    """Start post-train/demo through the API (with another DPO beta, and production's score as the bar
+    rather than a wall, when `beta` is given) and wait until it ends; return the flow run id."""
     from prefect import get_client
     from prefect.settings import temporary_settings
 
     with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("post-train/manual")
-        run = client.create_flow_run_from_deployment(deployment.id)
+        deployment = client.read_deployment_by_name("post-train/demo")
+        spec = deployment.parameters["spec"]
+        if beta is not None:
+            spec["stages"]["dpo"]["beta"] = beta
+            spec["stages"]["gate"]["max_regression"] = 0.2
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"spec": spec})
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             state = client.read_flow_run(run.id).state
@@ -51,7 +58,8 @@ def run_manual(api_url: str) -> str:
     sys.exit("the demo run did not finish within 30 minutes")
 
 
-def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str, load_id: str) -> None:
+def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str, load_id: str,
+            trend_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     IMAGES.mkdir(exist_ok=True)
@@ -101,21 +109,29 @@ def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_i
         page.get_by_text("alignflow.dataset.updated").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(IMAGES / "triggers.png"))
+
+        page.goto(f"{ui_url}/artifacts/artifact/{trend_id}")  # three production versions, a line per set
+        page.get_by_text("Quality over time").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "quality-trend.png"), full_page=True)
         browser.close()
 
 
 def ids(api_url: str) -> tuple[str, ...]:
-    """The post-train/manual deployment's id, and the newest DPO card's, loss curve's and load test's
-    artifact ids."""
+    """The post-train/demo deployment's id, and the first run's DPO card's, loss curve's and load test's
+    artifact ids, and the newest quality trend's."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
     from prefect.settings import temporary_settings
 
     with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("post-train/manual")
-        newest = [client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))[-1]
-                  for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test")]
-    return str(deployment.id), *(str(a.id) for a in newest)
+        deployment = client.read_deployment_by_name("post-train/demo")
+        found = {key: client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                            sort=ArtifactSort.CREATED_DESC)  # newest first
+                 for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test", "demo-quality-trend")}
+    first = [found[key][-1] for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test")]
+    return str(deployment.id), *(str(a.id) for a in first), str(found["demo-quality-trend"][0].id)
 
 
 def main() -> None:
@@ -128,6 +144,8 @@ def main() -> None:
         state = json.loads((home / "state" / "server" / "state.json").read_text())
         alignflow("deploy", "--store", str(home / "store"))
         run_id = run_manual(state["server"]["api_url"])
+        for beta in (0.2, 0.05):
+            run_manual(state["server"]["api_url"], beta)
         capture(state["server"]["ui_url"], run_id, *ids(state["server"]["api_url"]))
     print(f"wrote {', '.join(sorted(p.name for p in IMAGES.glob('*.png')))} to {IMAGES}")
 

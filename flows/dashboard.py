@@ -63,9 +63,11 @@ def label_run(name: str, stages: list[str], data_versions: dict[str, str] | None
     from prefect import get_client
     from prefect.runtime import flow_run
 
+    from alignflow.names import pipeline_tag
+
     if not flow_run.id:
         return
-    tags = sorted({*flow_run.tags, f"pipeline:{name}", *(f"stage:{s}" for s in stages)})
+    tags = sorted({*flow_run.tags, pipeline_tag(name), *(f"stage:{s}" for s in stages)})
     title = run_title(name, data_versions) if data_versions else None
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, tags=tags, **({"name": title} if title else {}))

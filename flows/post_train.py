@@ -272,5 +272,11 @@ def any_split(data: dict):
 
 
 def run_pipeline(spec: PipelineSpec) -> RunSummary:
-    """Run the flow in this process (the CLI's `alignflow run`)."""
-    return post_train(spec)
+    """Run the flow in this process (the CLI's `alignflow run`), tagged with its pipeline from its first
+    state on, as a deployment's runs are: the pipeline's failure notification matches that tag."""
+    from prefect import tags
+
+    from alignflow.names import pipeline_tag
+
+    with tags("alignflow", pipeline_tag(spec.name)):
+        return post_train(spec)

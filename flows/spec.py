@@ -114,7 +114,7 @@ class RetrySpec(StageConfig):
 
 
 class ScheduleSpec(StageConfig):
-    cron: str = Field("0 2 * * *", description="when post-train/nightly runs (cron syntax; default 02:00)")
+    cron: str = Field("0 2 * * *", description="when post-train/PIPELINE:nightly runs (cron syntax; default 02:00)")
     timezone: str = Field("UTC", description="IANA time zone of the cron schedule, e.g. Europe/Berlin")
 
     @field_validator("cron")

@@ -5,11 +5,12 @@
     alignflow plan SPEC.yaml [--set ...] [--skip ...] [--store ...]   every check, then cached / would run
     alignflow serve ls | url NAME | logs NAME | stop NAME | --all | rollback NAME | k8s NAME
     alignflow artifacts ls [NAME] | show NAME[@V] [--lineage] | get NAME[@V] DEST | promote NAME@V ALIAS
-                        | rollback NAME ALIAS | verify            [--store PATH_OR_URI before the verb]
+                        | rollback NAME ALIAS | verify | history PIPELINE   [--store PATH_OR_URI before the verb]
     alignflow storage up | down | status
     alignflow server up [--database URL] | down | status | logs [server|worker]
     alignflow ray up [--nodes N] | down | status   a local Ray cluster for resources.engine: ray
-    alignflow deploy [SPEC] [--set ...]      apply prefect.yaml's deployments for a pipeline
+    alignflow deploy [SPEC] [--set ...]      apply prefect.yaml's deployments for a pipeline (one server, many)
+    alignflow undeploy PIPELINE              remove a pipeline's deployments, schedules, trigger and notifications
     alignflow data add NAME SOURCE           register raw data as the next version of NAME
     alignflow data scan SPEC                 what the watch-data deployment does, once, here
     alignflow data inspect SOURCE [--kind K] [--model M]    formats, counts, lengths and problems

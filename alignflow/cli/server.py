@@ -22,7 +22,7 @@ def add_parsers(sub) -> None:
     up.add_argument("--port", type=port_number, help="the server's port (default: the last one, else 4200 if free; "
                                                      "0: any free port)")
     verbs.add_parser("down", help="stop exactly what `up` started")
-    verbs.add_parser("status", help="server, worker, pool and deployments")
+    verbs.add_parser("status", help="server, worker, pool and each pipeline's deployments")
     logs = verbs.add_parser("logs", help="the last lines of the server's or the worker's log")
     logs.add_argument("which", nargs="?", choices=["server", "worker"], default="worker")
     logs.add_argument("-n", "--lines", type=positive_int, default=40)
@@ -39,7 +39,8 @@ def cmd_server(args) -> int:
         print(f"dashboard: {s['ui_url']}")
         print("alignflow commands on this machine now report to it; for the prefect CLI:")
         print(f"  export PREFECT_API_URL={s['api_url']}")
-        print("next: `alignflow deploy` applies the deployments (manual, nightly, on-new-data, watch-data)")
+        print("next: `alignflow deploy SPEC` applies a pipeline's deployments (by hand, nightly, on new data, "
+              "the data watcher); deploy several specs to serve several pipelines")
         return 0
     if args.server_command == "down":
         stopped = server.down()
@@ -67,6 +68,6 @@ def print_status(info: dict) -> int:
         workers = ", ".join(pool["workers"]) or "none"
         print(f"pool:   {pool['name']} ({pool['type']}, {pool['status']}); workers: {workers}")
     rows = info["deployments"]
-    print(format_table(rows, ["deployment", "schedule", "triggers", "pool", "paused"]) if rows
+    print(format_table(rows, ["pipeline", "deployment", "schedule", "triggers", "pool", "paused"]) if rows
           else "deployments: none (`alignflow deploy` applies them)")
     return 0 if s["running"] and w and w["running"] else 1

@@ -359,17 +359,20 @@ def pool_row() -> dict | None:
 
 
 def deployment_rows() -> list[dict]:
+    """Every deployment on the server, by pipeline (its `pipeline:` tag; '-' for others), then name."""
     from prefect import get_client
 
     rows = []
     with get_client(sync_client=True) as client:
         flows = {f.id: f.name for f in client.read_flows()}
+        automations = client.read_automations()
         for d in client.read_deployments():
             schedules = ", ".join(describe_schedule(s.schedule) for s in d.schedules) or "-"
-            rows.append({"deployment": f"{flows.get(d.flow_id, '?')}/{d.name}", "schedule": schedules,
-                         "triggers": trigger_text(client, d.id), "pool": d.work_pool_name or "-",
-                         "paused": "yes" if d.paused else "no"})
-    return rows
+            pipeline = next((t.split(":", 1)[1] for t in d.tags if t.startswith("pipeline:")), "-")
+            rows.append({"pipeline": pipeline, "deployment": f"{flows.get(d.flow_id, '?')}/{d.name}",
+                         "schedule": schedules, "triggers": trigger_text(automations, d.id),
+                         "pool": d.work_pool_name or "-", "paused": "yes" if d.paused else "no"})
+    return sorted(rows, key=lambda r: (r["pipeline"] == "-", r["pipeline"], r["deployment"]))
 
 
 def describe_schedule(schedule) -> str:
@@ -380,10 +383,10 @@ def describe_schedule(schedule) -> str:
     return str(schedule)
 
 
-def trigger_text(client, deployment_id) -> str:
+def trigger_text(automations: list, deployment_id) -> str:
     """The events that start a deployment (its automations' triggers)."""
     texts = []
-    for automation in client.read_automations():
+    for automation in automations:
         related = str(deployment_id) in automation.model_dump_json()
         expect = getattr(automation.trigger, "expect", None)
         if related and expect:

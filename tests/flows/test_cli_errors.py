@@ -45,6 +45,7 @@ def bad_calls(tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("server", "status"): ["server", "status"],
         ("server", "logs"): ["server", "logs"],
         ("deploy",): ["deploy", str(tmp / "no-such.yaml")],
+        ("undeploy",): ["undeploy", "Not A Pipeline"],
         ("data", "add"): ["data", "add", "demo/x\n", str(spec)],
         ("data", "scan"): ["data", "scan", str(tmp / "no-such.yaml")],
         ("data", "inspect"): ["data", "inspect", str(tmp / "no-such.jsonl")],

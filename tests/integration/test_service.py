@@ -1,6 +1,7 @@
 """alignflow as a service, as a user runs it: `alignflow server up` (a real Prefect server and process
 worker), `alignflow deploy`, new data landing in a watched S3 prefix (a real SeaweedFS), runs started by
-a trigger, by the API as the dashboard's form does, and by hand; what the dashboard shows; runs that
+a trigger, by the API as the dashboard's form does, and by hand; a second pipeline on the same server,
+triggered and undeployed on its own; what the dashboard shows; runs that
 share one accelerator slot; a failure that notifies; a run training on Ray cancelled; a worker killed
 mid-run; `server down`.
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -22,6 +24,7 @@ import psutil
 import pytest
 
 from storage import open_store
+from tasks.builtin import reverse_task
 from tests.conftest import run_cli, s3_client, write_spec
 from tests.integration.test_ray_training import actors_of_runs, ray_workers_of
 
@@ -167,7 +170,7 @@ def wait_for_a_scan_after(client, moment) -> None:
     on a busy machine)."""
     def scanned():
         return any(r.start_time and r.start_time > moment and r.state.is_final()
-                   for r in runs_of(client, "watch-data/watch-data"))
+                   for r in runs_of(client, "watch-data/svc"))
 
     wait_for(scanned, 300, "the next scan")
 
@@ -177,8 +180,8 @@ def stage_status(client, run_id) -> dict[str, str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     cards = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    return {a.description.split(": ")[0]: a.description.split(": ")[1] for a in cards
-            if a.type == "markdown" and a.description and ": " in a.description and not a.key.endswith("curves")}
+    described = [(a.description or "").split(": ", 1) for a in cards if a.type == "markdown"]
+    return {d[0]: d[1] for d in described if len(d) == 2 and d[1] in ("ran", "cached", "unchanged")}
 
 
 def put_preference_files(prefix: str, names: list[str], rows_per_file: int = 60) -> None:
@@ -213,7 +216,7 @@ def test_new_data_in_the_watched_prefix_is_registered_announced_once_and_trained
     put_preference_files(service["prefix"], ["part-000.jsonl"])
     wait_for(lambda: store.versions("svc/preference") == [1], 300, "svc/preference@1 to be registered")
     with api(service) as client:
-        run = wait_for(lambda: runs_of(client, "post-train/on-new-data"), 300, "the triggered run")[0]
+        run = wait_for(lambda: runs_of(client, "post-train/svc:on-new-data"), 300, "the triggered run")[0]
         assert run.parameters["dataset"] == "svc/preference@1"
         run = wait_final(client, run.id)
         assert run.state.is_completed(), run.state
@@ -221,7 +224,7 @@ def test_new_data_in_the_watched_prefix_is_registered_announced_once_and_trained
         assert "svc/preference@1" in lineage_labels(store, production.name, production.version)
         wait_for_a_scan_after(client, run.end_time)  # a whole scan more, with nothing new
         assert store.versions("svc/preference") == [1]
-        assert len(runs_of(client, "post-train/on-new-data")) == 1
+        assert len(runs_of(client, "post-train/svc:on-new-data")) == 1
         assert len(dataset_events(client)) == 1
 
 
@@ -231,39 +234,87 @@ def test_a_burst_of_files_becomes_one_version_and_one_run(service):
     wait_for(lambda: store.versions("svc/preference") == [1, 2], 300, "svc/preference@2 to be registered")
     assert store.ref("svc/preference", 2).metrics["files"] == 6
     with api(service) as client:
-        runs = wait_for(lambda: [r for r in runs_of(client, "post-train/on-new-data")
+        runs = wait_for(lambda: [r for r in runs_of(client, "post-train/svc:on-new-data")
                                  if r.parameters.get("dataset") == "svc/preference@2"], 300, "the second run")
         second = wait_final(client, runs[0].id)
         assert second.state.is_completed()
         wait_for_a_scan_after(client, second.end_time)
         assert store.versions("svc/preference") == [1, 2]
-        assert len(runs_of(client, "post-train/on-new-data")) == 2
+        assert len(runs_of(client, "post-train/svc:on-new-data")) == 2
         assert len(dataset_events(client)) == 2
-        client.pause_deployment(deployment(client, "watch-data/watch-data").id)  # quiet for the rest
+        client.pause_deployment(deployment(client, "watch-data/svc").id)  # quiet for the rest
+
+
+SECOND = """
+name: svc2
+model: builtin://tiny-qwen2
+data: {{sft: store://svc2/chat@latest, eval: builtin://reverse/eval}}
+stages: {{}}
+store: {store}
+service: {{nightly: {{cron: "30 3 * * *", timezone: Europe/Paris}}}}
+"""
+
+
+def test_a_second_pipeline_deploys_beside_the_first_triggers_alone_and_undeploys_alone(service):
+    """Pipeline svc2 on the same server: its own four deployments, schedule and trigger; new data for svc2
+    starts svc2 only; undeploying svc2 leaves svc whole."""
+    spec = write_spec(service["home"] / "svc2.yaml", SECOND.format(store=service["home"] / "store"))
+    deployed = run_cli("deploy", str(spec))
+    assert deployed.code == 0, deployed.output
+    assert "post-train/svc2:on-new-data" in deployed.stdout
+    with api(service) as client:
+        svc_before = {name: deployment(client, name).id for name in SVC_DEPLOYMENTS}
+        assert deployment(client, "post-train/svc2:nightly").schedules[0].schedule.timezone == "Europe/Paris"
+        assert deployment(client, "post-train/svc:nightly").schedules[0].schedule.timezone == "UTC"
+        svc_runs = len(runs_of(client, "post-train/svc:on-new-data"))
+        chat = service["home"] / "chat.jsonl"
+        chat.write_text("".join(json.dumps(r) + "\n" for r in reverse_task.splits()["sft"][:50]))
+        assert run_cli("data", "add", "svc2/chat", str(chat), "--store", str(service["home"] / "store")).code == 0
+        run = wait_for(lambda: runs_of(client, "post-train/svc2:on-new-data"), 300, "svc2's triggered run")[0]
+        assert run.parameters["dataset"] == "svc2/chat@1" and run.parameters["spec"]["name"] == "svc2"
+        assert wait_final(client, run.id).state.is_completed()
+        assert len(runs_of(client, "post-train/svc:on-new-data")) == svc_runs  # svc was not started
+    status = run_cli("server", "status").stdout
+    assert re.search(r"^svc2 +post-train/svc2:nightly +cron 30 3", status, re.M), status
+    assert re.search(r"^svc +post-train/svc:on-new-data .+on alignflow.dataset.updated", status, re.M), status
+
+    undeployed = run_cli("undeploy", "svc2")
+    assert undeployed.code == 0 and "watch-data/svc2" in undeployed.stdout, undeployed.output
+    with api(service) as client:
+        assert {name: deployment(client, name).id for name in SVC_DEPLOYMENTS} == svc_before
+        names = {f"{d.name}" for d in client.read_deployments()}
+        assert not any(n.startswith("svc2") for n in names), names
+        triggers = [a.name for a in client.read_automations()]
+        assert not any("svc2" in t for t in triggers) and any("svc:" in t for t in triggers), triggers
+    again = run_cli("undeploy", "svc2")
+    assert again.code == 2 and "has no deployments" in again.stderr and "deployed there: svc" in again.stderr
+
+
+SVC_DEPLOYMENTS = ("post-train/svc", "post-train/svc:nightly", "post-train/svc:on-new-data", "watch-data/svc")
 
 
 def test_the_nightly_schedule_is_on_the_server_and_a_manual_run_completes_from_the_cache(service):
     with api(service) as client:
-        nightly = deployment(client, "post-train/nightly")
+        nightly = deployment(client, "post-train/svc:nightly")
         (schedule,) = nightly.schedules
         assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
-        manual = deployment(client, "post-train/manual")
+        manual = deployment(client, "post-train/svc")
         run = wait_final(client, client.create_flow_run_from_deployment(manual.id).id)
         assert run.state.is_completed(), run.state
-        status = stage_status(client, run.id)
-        assert all(v == "cached" for k, v in status.items() if k != "gate"), status
+        ran = {k: v for k, v in stage_status(client, run.id).items() if v != "cached" and k != "gate"}
+        assert not ran, ran
 
 
 def form_parameters(client, **dpo) -> dict:
     """What the dashboard's run form sends: the deployment's spec with the fields the user edited."""
-    spec = copy.deepcopy(deployment(client, "post-train/manual").parameters["spec"])
+    spec = copy.deepcopy(deployment(client, "post-train/svc").parameters["spec"])
     spec["stages"]["dpo"].update(dpo)
     return {"spec": spec}
 
 
 def test_a_run_from_the_form_with_beta_changed_reruns_only_dpo_onwards(service):
     with api(service) as client:
-        manual = deployment(client, "post-train/manual")
+        manual = deployment(client, "post-train/svc")
         assert "exclusiveMinimum" in json.dumps(manual.parameter_openapi_schema)  # the form shows ranges
         run = client.create_flow_run_from_deployment(manual.id, parameters=form_parameters(client, beta=0.25))
         run = wait_final(client, run.id)
@@ -279,7 +330,7 @@ def test_a_bad_value_from_the_form_is_refused_before_any_work(service):
     from prefect.exceptions import PrefectHTTPStatusError
 
     with api(service) as client:
-        manual = deployment(client, "post-train/manual")
+        manual = deployment(client, "post-train/svc")
         with pytest.raises(PrefectHTTPStatusError) as refused:
             client.create_flow_run_from_deployment(manual.id, parameters=form_parameters(client, beta=-1))
         assert refused.value.response.status_code == 409 and "beta" in refused.value.response.text
@@ -313,7 +364,7 @@ def test_two_runs_at_once_share_the_accelerator_slot_and_never_lose_a_promotion(
     store = service["store"]
     history_before = store.read_alias("svc/eval-candidate", "production")[0]
     with api(service) as client:
-        manual = deployment(client, "post-train/manual")
+        manual = deployment(client, "post-train/svc")
         ids = [client.create_flow_run_from_deployment(manual.id, parameters=form_parameters(client, beta=b)).id
                for b in (0.3, 0.35)]
         runs = [wait_final(client, i) for i in ids]
@@ -382,7 +433,7 @@ def test_cancelling_a_run_that_trains_on_ray_stops_the_ray_job_and_leaves_no_act
     cluster = local.up(nodes=0)
     try:
         with api(service) as client:
-            manual = deployment(client, "post-train/manual")
+            manual = deployment(client, "post-train/svc")
             spec = copy.deepcopy(manual.parameters["spec"])
             spec["data"].pop("preference"), spec["stages"].pop("dpo")  # SFT alone: no data of the other tests
             spec["stages"]["sft"].update(epochs=500, trainer_args={}, learning_rate=1.0e-3,  # an hour of work
@@ -418,7 +469,7 @@ def drivers() -> list[int]:
 
 def test_a_worker_killed_mid_run_is_reported_crashed_and_the_rerun_redoes_only_the_cut_stage(service):
     with api(service) as client:
-        manual = deployment(client, "post-train/manual")
+        manual = deployment(client, "post-train/svc")
         params = form_parameters(client, beta=0.45)
         run = client.create_flow_run_from_deployment(manual.id, parameters=params)
 
