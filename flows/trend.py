@@ -109,7 +109,8 @@ def trend_svg(rows: list[dict]) -> str:
     depth = max(label.count("\n") + 1 for label in labels.values())
     return line_chart_svg(series, f"{rows[-1]['report'].rpartition('@')[0]}: score per set in production",
                           width=max(640, 72 + 110 * len(rows)), height=240 + 14 * depth,
-                          x_title="production version (data versions)", x_labels=labels, dots=True)
+                          x_title="production version (data versions)", x_labels=labels, dots=True,
+                          y_range=(0.0, 1.0))  # scores: a flat line at 0.9 is not a cliff
 
 
 def show_trend(pipeline: str, store: ArtifactStore) -> None:

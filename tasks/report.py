@@ -17,10 +17,11 @@ def artifact_key(*parts: str) -> str:
 
 def line_chart_svg(series: dict[str, list[tuple[float, float]]], title: str, width: int = 640,
                    height: int = 280, x_title: str = "step", x_labels: dict[float, str] | None = None,
-                   dots: bool = False) -> str:
+                   dots: bool = False, y_range: tuple[float, float] | None = None) -> str:
     """A line chart as SVG text: one line per series (e.g. loss, rewards/margins over training steps).
     `x_labels`: the text under those x positions, a line per newline (default: the first and last x);
-    `dots`: a circle on every point."""
+    `dots`: a circle on every point; `y_range`: the y axis's span (widened to any point outside it),
+    instead of the points' own."""
     from html import escape
 
     colours = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#db2777", "#65a30d"]
@@ -29,6 +30,8 @@ def line_chart_svg(series: dict[str, list[tuple[float, float]]], title: str, wid
         return ""
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points) or 1
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if y_range:
+        y0, y1 = min(y0, y_range[0]), max(y1, y_range[1])
     if y1 == y0:
         y1 = y0 + 1
     x_labels = x_labels or {x: f"{x:g}" for x in (x0, x1)}
