@@ -40,6 +40,14 @@ def check(kind: str, text: object, where: str) -> str:
     return text  # type: ignore[return-value]
 
 
+PIPELINE_TAG = "pipeline:"
+
+
 def pipeline_tag(pipeline: str) -> str:
     """The Prefect tag of a pipeline's deployments and runs (server status groups by it; notifications match it)."""
-    return f"pipeline:{pipeline}"
+    return PIPELINE_TAG + pipeline
+
+
+def tagged_pipeline(tags: list[str]) -> str | None:
+    """The pipeline `tags` name (see pipeline_tag), or None."""
+    return next((t.removeprefix(PIPELINE_TAG) for t in tags if t.startswith(PIPELINE_TAG)), None)

@@ -142,11 +142,11 @@ def _contaminated(evals: EvalIndex, record: Record, row: dict, rules: ConvertRul
     if match is None:
         return False
     src.contaminated += 1
+    holds = match.describe()
     if len(report.contamination) < MAX_LISTED:
-        report.contamination.append(f"{record.file}:{record.line}: {match.describe()}")
+        report.contamination.append(f"{record.file}:{record.line}: {holds}")
     if rules.contamination == "drop":
-        bad.add(record, f"contaminated: {match.describe()}", {"set": match.set_name, "row": match.row,
-                                                               "text": match.text})
+        bad.add(record, f"contaminated: {holds}", {"set": match.set_name, "row": match.row, "text": match.text})
     return rules.contamination == "drop"
 
 
@@ -369,7 +369,7 @@ def convert_dataset(run: RunContext, split: str, sources: list[DataSource], fing
         inputs["checked_against"] = against.split
     metrics = {k: counts[k] for k in COUNTS if k != "read"}
     metrics = noted(metrics, [mostly_duplicates(counts["read"], counts["duplicates"])], f"convert_dataset[{split}]",
-                    get_run_logger())
+                    log)
     return publish(run, f"data-{split}", "dataset", workdir / split, stage="convert_dataset",
                    config={"split": split, "sources": [s.model_dump() for s in sources], "rules": rules.model_dump()},
                    inputs=inputs, metadata={"split": split}, metrics=metrics)

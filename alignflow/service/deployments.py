@@ -26,7 +26,7 @@ from datetime import timedelta
 from alignflow.errors import ConfigError
 from alignflow.home import PROJECT_ROOT
 from alignflow.names import pipeline_tag
-from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError
+from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError, named_deployments
 
 SPEC_VARIABLE = "alignflow_spec"  # carries the spec into `prefect deploy`, which copies it into each deployment
 KINDS = {"manual": "post-train/{}", "nightly": "post-train/{}:nightly", "on-new-data": "post-train/{}:on-new-data",
@@ -88,23 +88,15 @@ def check_deployed(pipeline: str, names: dict[str, str]) -> None:
                                     "`alignflow deploy` ran at the same time. Run this one again")
 
 
-def pipeline_deployments(client, pipeline: str) -> list:
-    """The deployments tagged with `pipeline`, as (flow/name, deployment)."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
-    flows = {f.id: f.name for f in client.read_flows()}
-    found = client.read_deployments(deployment_filter=DeploymentFilter(
-        tags=DeploymentFilterTags(all_=[pipeline_tag(pipeline)])))
-    return [(f"{flows.get(d.flow_id, '?')}/{d.name}", d) for d in found]
-
-
 def remove_deployments(pipeline: str, keep: set[str] = frozenset()) -> list[str]:
     """Delete the pipeline's deployments (but those in `keep`) with the triggers they own; their names."""
     from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
     removed = []
     with get_client(sync_client=True) as client:
-        for name, d in pipeline_deployments(client, pipeline):
+        tagged = DeploymentFilter(tags=DeploymentFilterTags(all_=[pipeline_tag(pipeline)]))
+        for name, d in named_deployments(client, tagged):
             if name not in keep:
                 client.delete_resource_owned_automations(f"prefect.deployment.{d.id}")
                 client.delete_deployment(d.id)

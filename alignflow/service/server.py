@@ -362,17 +362,24 @@ def deployment_rows() -> list[dict]:
     """Every deployment on the server, by pipeline (its `pipeline:` tag; '-' for others), then name."""
     from prefect import get_client
 
+    from alignflow.names import tagged_pipeline
+
     rows = []
     with get_client(sync_client=True) as client:
-        flows = {f.id: f.name for f in client.read_flows()}
         automations = client.read_automations()
-        for d in client.read_deployments():
+        for name, d in named_deployments(client):
             schedules = ", ".join(describe_schedule(s.schedule) for s in d.schedules) or "-"
-            pipeline = next((t.split(":", 1)[1] for t in d.tags if t.startswith("pipeline:")), "-")
-            rows.append({"pipeline": pipeline, "deployment": f"{flows.get(d.flow_id, '?')}/{d.name}",
-                         "schedule": schedules, "triggers": trigger_text(automations, d.id),
-                         "pool": d.work_pool_name or "-", "paused": "yes" if d.paused else "no"})
+            rows.append({"pipeline": tagged_pipeline(d.tags) or "-", "deployment": name, "schedule": schedules,
+                         "triggers": trigger_text(automations, d.id), "pool": d.work_pool_name or "-",
+                         "paused": "yes" if d.paused else "no"})
     return sorted(rows, key=lambda r: (r["pipeline"] == "-", r["pipeline"], r["deployment"]))
+
+
+def named_deployments(client, deployment_filter=None) -> list[tuple[str, object]]:
+    """(FLOW/NAME, deployment) for each deployment on the server, or each that `deployment_filter` selects."""
+    flows = {f.id: f.name for f in client.read_flows()}
+    return [(f"{flows.get(d.flow_id, '?')}/{d.name}", d)
+            for d in client.read_deployments(deployment_filter=deployment_filter)]
 
 
 def describe_schedule(schedule) -> str:
