@@ -280,3 +280,9 @@ def test_gate_rules_per_set_name_sets_the_evaluation_has():
         parse_spec(raw)
     assert "stages.gate.max_set_regression.mcq: no such evaluation set; stages.evaluate has qa" in str(err.value)
     assert "max_drop" not in str(err.value)
+
+
+def test_a_contamination_mode_that_is_not_one_names_the_choices():
+    with pytest.raises(ConfigError) as err:
+        parse_spec({**MINIMAL, "data": {**MINIMAL["data"], "contamination": "dorp"}})
+    assert "data.contamination" in str(err.value) and "did you mean 'drop'" in str(err.value)
