@@ -85,14 +85,15 @@ def test_a_pipeline_with_nothing_in_production_is_named_with_how_to_get_one(stor
 
 def test_the_dashboard_gets_the_history_as_a_markdown_artifact(store):
     from prefect import flow, get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
     from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
     from flows.trend import show_trend
 
     with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}):  # no log left to send after the server
-        flow(name="show-trend")(show_trend)("demo", store)
-    with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
-            any_=["demo-quality-trend"])), limit=1)
+        state = flow(name="show-trend")(show_trend)("demo", store, return_state=True)
+    with get_client(sync_client=True) as client:  # this run's artifact: other tests on this server promote `demo` too
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["demo-quality-trend"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert artifact.type == "markdown" and "| 3 | demo/sft@3 | sft@3 eval@1 |" in artifact.data
