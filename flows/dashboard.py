@@ -138,6 +138,17 @@ def show_evaluation(name: str, metric: str, candidate: ArtifactRef, base: Artifa
                           description=f"EvalScope {metric}: candidate vs production vs base")
 
 
+def show_comparison(name: str, report: ArtifactRef, store) -> None:
+    """The LLM judge's comparison with production, prompt by prompt with both verdicts (tasks/compare.py)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.report import artifact_key
+
+    markdown = (store.get_dir(report) / "comparison.md").read_text(encoding="utf-8")
+    create_markdown_artifact(key=artifact_key(name, "vs-production"), markdown=markdown,
+                             description=f"{report.label}: the candidate against production, by an LLM judge")
+
+
 def show_endpoint(name: str, endpoint: str, model: ArtifactRef, load_test: list[dict] | None = None) -> None:
     """The live endpoint as a link, and the load test measured against it as a table."""
     from prefect.artifacts import create_link_artifact, create_table_artifact

@@ -102,7 +102,7 @@ def placeholder(task, label: str, args: tuple):
         from tasks.gate import Decision
 
         return Decision(passed=True, reasons=[], score=0.0, base_score=0.0, production_score=None, win_rate=None,
-                        production=None, production_version=None)
+                        win_rate_vs_production=None, production=None, production_version=None)
     if "ArtifactRef" not in returns:
         return Unknown(passed=True, reasons=[], production_version=None)
     config = next((a for a in args if isinstance(a, StageConfig)), None)

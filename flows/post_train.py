@@ -4,7 +4,9 @@
       -> preference methods (train_dpo | train_kto | train_orpo | train_cpo; on-policy pairs: sample -> score)
       -> train_grpo -> merge -> quantize -> evaluate (candidate on its green vLLM server, and base)
       -> evaluate the unquantized model, quantize_quality (the primary score's loss, max_quality_drop)
-      -> judge (the reward model: candidate vs the SFT policy) -> gate -> deploy (traffic to the green server)
+      -> judge (the reward model: candidate vs the SFT policy)
+      -> compare (an LLM judge: candidate vs production, on answers from evaluate[production])
+      -> gate -> deploy (traffic to the green server)
 
 Stages absent from the spec are skipped; each stage receives the newest model so far, so the spec picks
 the shape: SFT alone, SFT then DPO, SFT then GRPO, KTO instead of DPO, ORPO on the base model. Every stage is a
@@ -19,7 +21,7 @@ from typing import Optional
 
 from prefect import flow, get_run_logger
 
-from flows.dashboard import flow_run_name
+from flows.dashboard import flow_run_name, show_comparison
 from flows.spec import ALWAYS_SET, PipelineSpec, parse_spec
 from flows.runner import RunStatus, RunSummary, Steps
 from serving.rollout import discard_green
@@ -27,12 +29,13 @@ from storage import ArtifactRef
 from storage.results import result_storage
 from storage.store import default_cache_dir
 from tasks.contamination import EvalSets
+from tasks.compare import compare
 from tasks.cpo import train_cpo
 from tasks.deploy import deploy
 from tasks.download import download_model, source_fingerprint
 from tasks.dpo import train_dpo
 from tasks.evaluate import Serving, evaluate
-from tasks.gate import PRODUCTION, Decision, gate
+from tasks.gate import PRODUCTION, Decision, gate, production_report
 from tasks.grpo import train_grpo
 from tasks.judge import judge
 from tasks.kto import train_kto
@@ -101,8 +104,13 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
         if reward and stages.judge and model.digest != sft.digest:  # the reward model: candidate vs SFT policy
             judged = steps.run(judge, run, model, sft, reward, data["eval"], stages.judge)
             summary["scores"]["win_rate"] = judged.metrics["win_rate"]
+        compared = compare_with_production(steps, run, spec, model, report, data) if stages.compare else None
+        if compared:
+            steps.later(show_comparison, spec.name, compared, run.open_store())
+            summary["scores"]["vs_production"] = {k: compared.metrics[k] for k in (
+                "wins", "ties", "losses", "unjudged", "win_rate", "win_rate_ci", "lc_win_rate")}
         if stages.gate:
-            decision = steps.run(gate, run, report, base_report, stages.gate, judged)
+            decision = steps.run(gate, run, report, base_report, stages.gate, judged, compared)
             steps.later(show_scores, run, report, base_report, decision)
             if not decision.passed:
                 discard_green(run.name)  # the candidate's server never takes traffic
@@ -125,6 +133,26 @@ def evaluate_both(steps: Steps, run: RunContext, stages, model: ArtifactRef, bas
     base_report = steps.run(evaluate, run, base, data["eval"], config, "base", fingerprints,
                             Serving(deploy, False), label="evaluate[base]")
     return report, base_report
+
+
+def compare_with_production(steps: Steps, run: RunContext, spec: PipelineSpec, model: ArtifactRef,
+                            report: ArtifactRef, data: dict) -> ArtifactRef | None:
+    """The LLM judge's comparison of the candidate's answers with the production model's, both from the
+    evaluate stage's settings on this eval split (production's evaluation is cached while it stays). None
+    when nothing is in production or the candidate is production's own model."""
+    production, store, stages = production_report(run), run.open_store(), spec.stages
+    if production is None:
+        return None
+    evaluated = store.manifest(production.digest).get("lineage", {}).get("inputs", {}).get("model")
+    if evaluated is None or evaluated["digest"] == model.digest:
+        return None
+    qa = stages.evaluate.model_copy(update={"sets": [], "primary": "qa"})
+    answers = steps.run(evaluate, run, store.ref(evaluated["name"], evaluated["version"]), data["eval"], qa,
+                        "production", {}, Serving(stages.deploy, False), label="evaluate[production]")
+    judge_model = None if stages.compare.url else steps.run(
+        download_model, run, stages.compare.judge, source_fingerprint(stages.compare.judge), spec.model_dtype,
+        "judge-model", label="download_model[judge]")
+    return steps.run(compare, run, report, answers, judge_model, stages.compare, Serving(stages.deploy, False))
 
 
 def check_quantization(steps: Steps, run: RunContext, stages, unquantized: ArtifactRef, quantized: ArtifactRef,

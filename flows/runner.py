@@ -172,6 +172,12 @@ def render(summary: dict) -> str:
         if "win_rate" in scores:
             out.append(f"reward model: the candidate wins {scores['win_rate']:.1%} of held-out prompts against the "
                        "SFT policy")
+        if "vs_production" in scores:
+            versus = scores["vs_production"]
+            low, high = versus["win_rate_ci"] or (0, 0)
+            out.append(f"LLM judge vs production: win {versus['wins']} / tie {versus['ties']} / loss "
+                       f"{versus['losses']} ({versus['unjudged']} unjudged): win rate {versus['win_rate']:.3f} "
+                       f"[{low:.2f}, {high:.2f}], length-controlled {versus['lc_win_rate']:.3f}")
     for reason in summary.get("reasons", []):
         out.append(f"gate: {reason}")
     load = [row for row in summary.get("load_test") or [] if "error" not in row]

@@ -26,6 +26,7 @@ from alignflow.names import DATASET_PATTERN, FRIENDLY, NAME_PATTERN, is_valid
 from flows.spec_yaml import apply_override, read_spec_file
 from tasks.config import StageConfig, valid_range
 from tasks.convert import ConvertRules, DataSource
+from tasks.compare import CompareStage
 from tasks.cpo import CPOStage
 from tasks.deploy import DeployStage
 from tasks.dpo import DPOStage
@@ -58,6 +59,9 @@ class Stages(StageConfig):
     judge: Optional[JudgeStage] = Field(default_factory=JudgeStage,
                                         description="the reward model's win rate of the candidate over the SFT policy "
                                                     "(runs with stages.reward and stages.evaluate; empty: off)")
+    compare: Optional[CompareStage] = Field(None, description="an LLM judge: the candidate's answers against the "
+                                                              "production model's, in both orders (runs with "
+                                                              "stages.evaluate once something is in production)")
     gate: Optional[GateStage] = Field(None, description="rules a candidate must pass to replace production")
     deploy: Optional[DeployStage] = Field(None, description="serve the result behind vLLM")
 

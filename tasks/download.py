@@ -36,7 +36,9 @@ def source_fingerprint(source: str) -> str:
 
 
 @stage("download_model", libraries=("transformers", "tokenizers", "torch", "gguf"))
-def download_model(run: RunContext, source: str, fingerprint: str = "", dtype: str = "float32") -> ArtifactRef:
+def download_model(run: RunContext, source: str, fingerprint: str = "", dtype: str = "float32",
+                   suffix: str = "base-model") -> ArtifactRef:
+    """`suffix`: the artifact's name after the pipeline's (base-model; judge-model for stages.compare's judge)."""
     from prefect import get_run_logger
 
     from tasks import chat
@@ -46,7 +48,7 @@ def download_model(run: RunContext, source: str, fingerprint: str = "", dtype: s
     folder, notes = chat.settled_folder(folder, workdir / "settled")
     for note in notes:
         get_run_logger().info("download_model: %s", note)
-    return publish(run, "base-model", "model", folder, stage="download_model", config={"source": source},
+    return publish(run, suffix, "model", folder, stage="download_model", config={"source": source},
                    inputs={}, metadata=metadata | ({"tokenizer_settled": notes} if notes else {}))
 
 

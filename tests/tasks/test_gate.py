@@ -37,3 +37,14 @@ def test_a_set_the_candidate_loses_more_than_max_set_regression_on_against_produ
     assert unknown.startswith("gsm8k: max_set_regression names a set that was not evaluated")
     assert GateStage(max_set_regression={"mcq": -0.1}).problems() == [
         "stages.gate.max_set_regression.mcq: -0.1 is not between 0 and 1"]
+
+
+def test_the_llm_judge_s_win_rate_over_production_is_gated_when_it_was_measured():
+    config = GateStage(min_win_rate_vs_production=0.55)
+    compared = {"lc_win_rate": 0.48, "wins": 3, "ties": 4, "losses": 5, "unjudged": 1}
+    [reason] = decide(0.9, 0.1, 0.8, config, compared=compared)
+    assert reason == ("length-controlled win rate over production 0.480 (win/tie/loss 3/4/5, 1 unjudged) is below "
+                      "min_win_rate_vs_production 0.550")
+    assert decide(0.9, 0.1, 0.8, config, compared=dict(compared, lc_win_rate=0.6)) == []
+    assert decide(0.9, 0.1, None, config, compared=None) == []  # nothing in production: nothing to compare with
+    assert GateStage(min_win_rate_vs_production=0.5).needs() == ("stages.evaluate", "stages.compare")
