@@ -31,8 +31,8 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
             ("`stages.<sft|dpo|kto|orpo|cpo|grpo>.lora`", LoraSpec),
             ("`stages.<sft|reward|dpo|kto|orpo|cpo|grpo>.resources`", Resources), ("`stages.dpo.sampling`", SampleSpec),
             ("`stages.dpo.scoring`", ScoreSpec), ("`stages.grpo.rewards`", GRPORewards),
-            ("`retry`", spec.RetrySpec), ("`service`", spec.ServiceSpec), ("`service.nightly`", spec.ScheduleSpec),
-            ("`service.watch`", spec.WatchSpec)]
+            ("`retry`", spec.RetrySpec), ("`sweep`", spec.SweepSpec), ("`service`", spec.ServiceSpec),
+            ("`service.nightly`", spec.ScheduleSpec), ("`service.watch`", spec.WatchSpec)]
 
 
 def _model(hint) -> type[BaseModel]:

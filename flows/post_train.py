@@ -51,9 +51,10 @@ from tasks.tokens import tokenize, tokenizer_ref
 
 
 @flow(name="post-train", flow_run_name=flow_run_name, persist_result=False, validate_parameters=False)
-def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> RunSummary:
+def post_train(spec: PipelineSpec, dataset: Optional[str] = None, promote: bool = True) -> RunSummary:
     """Post-train and ship one pipeline. `dataset` (NAME@VERSION): the dataset version whose arrival
-    started this run; data sources that name that dataset use exactly that version."""
+    started this run; data sources that name that dataset use exactly that version. `promote=False` (a
+    sweep's child): a candidate that passes is held back, neither promoted nor deployed."""
     from alignflow.errors import hide_tracebacks_of_input_errors
 
     hide_tracebacks_of_input_errors()  # a bad row or spec is reported by its message alone
@@ -61,10 +62,11 @@ def post_train(spec: PipelineSpec, dataset: Optional[str] = None) -> RunSummary:
     run = RunContext(spec.name, spec.store, str(default_cache_dir()), spec.storage, spec.service.accelerator_limit,
                      spec.service.accelerator_slots)
     with Steps(spec, result_storage(spec.store, spec.storage), run) as steps:
-        return publish_summary(pipeline(steps, run, spec, dataset))
+        return publish_summary(pipeline(steps, run, spec, dataset, promote))
 
 
-def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None) -> RunSummary:
+def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | None,
+             promote: bool = True) -> RunSummary:
     """The stages in order; returns the run's summary."""
     stages = spec.stages
     summary = RunSummary(name=spec.name, store=spec.store, status=RunStatus.COMPLETED, steps=steps.rows)
@@ -115,6 +117,9 @@ def pipeline(steps: Steps, run: RunContext, spec: PipelineSpec, dataset: str | N
             if not decision.passed:
                 discard_green(run.name)  # the candidate's server never takes traffic
                 return not_shipped(spec, summary, RunStatus.REJECTED, decision.reasons)
+    if not promote:  # a sweep ships only its best child (flows/sweep.py)
+        discard_green(run.name)
+        return dict(summary, status=RunStatus.HELD)
     if stages.deploy or decision:  # a passed gate makes the candidate production, served here or not
         return ship(steps, run, spec, summary, adapter or model, report, decision, any_split(data))
     return summary

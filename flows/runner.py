@@ -22,6 +22,7 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     REJECTED = "rejected by gate"
     SUPERSEDED = "superseded"  # another run promoted first: this candidate was judged against a stale production
+    HELD = "held for the sweep"  # passed, not promoted: a sweep ships only its best child (flows/sweep.py)
 
 
 EXIT_CODES = {RunStatus.REJECTED: 3, RunStatus.SUPERSEDED: 4}  # `alignflow run`'s, besides 0

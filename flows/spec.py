@@ -110,6 +110,20 @@ class DataSpec(StageConfig):
         return out
 
 
+class SweepSpec(StageConfig):
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="`alignflow sweep` runs the spec at "
+                                       "every combination of these settings, e.g. {stages.dpo.beta: [0.05, 0.1, "
+                                       "0.2]}, and ships the best candidate (`alignflow run` ignores it)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict) -> dict:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"{key}: no values; list at least one, e.g. {key}: [0.1, 0.2]")
+        return grid
+
+
 class RetrySpec(StageConfig):
     retries: int = Field(2, ge=0, le=20, description="extra attempts for transient failures (never for bad "
                                                      "config or data)")
@@ -188,6 +202,7 @@ class PipelineSpec(StageConfig):
     storage: Optional[str] = Field(None, description="for an s3:// store: a saved prefect-aws AwsCredentials "
                                                      "block to use instead of the AWS environment")
     retry: RetrySpec = Field(default_factory=RetrySpec, description="retries of transient failures")
+    sweep: Optional[SweepSpec] = Field(None, description="a grid of settings for `alignflow sweep`")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="schedules, data watching, "
                                                                           "concurrency and notifications")
 

@@ -1,4 +1,5 @@
-"""`alignflow run SPEC`, `alignflow demo` and `alignflow plan SPEC`: a pipeline, run or planned."""
+"""`alignflow run SPEC`, `alignflow demo`, `alignflow plan SPEC` and `alignflow sweep SPEC`: a pipeline, run,
+planned or run at every point of a grid of settings."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ def add_parsers(sub) -> None:
                                        "that come from the cache (writes nothing)")
     plan.add_argument("spec", help="pipeline spec (YAML), e.g. deployments/demo.yaml")
     plan.set_defaults(func=cmd_plan)
-    for parser in (run, demo, plan):
+    sweep = sub.add_parser("sweep", help="run a spec at every point of a grid of settings and ship only the best "
+                                         "candidate (shared stages come from the cache)")
+    sweep.add_argument("spec", help="pipeline spec (YAML), e.g. deployments/demo.yaml")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a setting and its values, e.g. --grid stages.dpo.beta=0.05,0.1,0.2 (repeatable; "
+                            "with the spec's sweep.grid)")
+    sweep.set_defaults(func=cmd_sweep)
+    for parser in (run, demo, plan, sweep):
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a spec field, e.g. --set stages.dpo.beta=0.2 (repeatable)")
         parser.add_argument("--skip", action="append", default=[], metavar="STAGE",
@@ -68,3 +76,22 @@ def cmd_plan(args) -> int:
     print(render_plan(spec, rows, memory))
     write_json(args.json_out, {"name": spec.name, "store": spec.store, "stages": rows})
     return 0
+
+
+def cmd_sweep(args) -> int:
+    """Exit 0 when the best candidate shipped, 3 when no point's candidate passed its gate, 4 when the
+    winner lost the race for production to another run."""
+    from flows.runner import EXIT_CODES
+    from flows.sweep import child_specs, parse_grid, render, run_sweep
+
+    spec = checked_spec(args)
+    grid = {**(spec.sweep.grid if spec.sweep else {}), **parse_grid(args.grid)}
+    child_specs(spec, grid)  # every point's spec checked before any work
+    quiet_prefect()
+    from alignflow.service.server import prefect_api
+
+    with prefect_api():
+        outcome = run_sweep(spec, grid)
+    print("\n" + render(outcome))
+    write_json(args.json_out, outcome)
+    return EXIT_CODES.get(outcome["shipped"]["status"], 0) if outcome["shipped"] else 3

@@ -10,6 +10,7 @@ sources:
     post-train/demo               by hand (the dashboard's Run button)
     post-train/demo:nightly       the nightly schedule
     post-train/demo:on-new-data   alignflow.dataset.updated for the datasets demo/*
+    sweep/demo                    by hand: the spec at every point of a grid, only the best shipped
     watch-data/demo               scans demo's watched sources
 
 Each carries the tag `pipeline:demo`, which its runs inherit from their first state on: the failure
@@ -30,7 +31,7 @@ from alignflow.service.server import HEARTBEAT_SECONDS, POOL, ServerError, named
 
 SPEC_VARIABLE = "alignflow_spec"  # carries the spec into `prefect deploy`, which copies it into each deployment
 KINDS = {"manual": "post-train/{}", "nightly": "post-train/{}:nightly", "on-new-data": "post-train/{}:on-new-data",
-         "watch": "watch-data/{}"}  # the deployments of a pipeline, by their names in prefect.yaml
+         "sweep": "sweep/{}", "watch": "watch-data/{}"}  # the deployments of a pipeline, by their names in prefect.yaml
 TEMPLATE = "{{ $ALIGNFLOW_PIPELINE }}"
 
 
@@ -41,7 +42,7 @@ def deployment_names(pipeline: str) -> dict[str, str]:
 
 
 def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | None = None) -> list[str]:
-    """Deploy manual, nightly, on-new-data and watch-data for `spec`; return lines saying what was done.
+    """Deploy manual, nightly, on-new-data, sweep and watch-data for `spec`; return lines saying what was done.
     Deployments of the same pipeline under other names (earlier releases' `post-train/manual`) go.
 
     `pool`: the work pool of the post-train deployments; `project_dir`: where workers find this project."""
@@ -55,7 +56,8 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
                ALIGNFLOW_PIPELINE=spec.name, ALIGNFLOW_NIGHTLY_CRON=spec.service.nightly.cron,
                ALIGNFLOW_TIMEZONE=spec.service.nightly.timezone)
     selectors = deployment_names(TEMPLATE)  # prefect deploy picks configs by their names before templating
-    prefect_deploy(env, "-n", selectors["manual"], "-n", selectors["nightly"], "-n", selectors["on-new-data"])
+    prefect_deploy(env, "-n", selectors["manual"], "-n", selectors["nightly"], "-n", selectors["on-new-data"],
+                   "-n", selectors["sweep"])
     # an interval cannot be templated in prefect.yaml; a single deployment takes it from the command line
     prefect_deploy(env, "-n", selectors["watch"], "--interval", f"{spec.service.watch.interval_seconds:.0f}")
     names = deployment_names(spec.name)
@@ -65,6 +67,7 @@ def apply_deployments(spec, api_url: str, pool: str = POOL, project_dir: str | N
              f"  {names['manual']:<34} by hand: the dashboard's Run button or `prefect deployment run`",
              f"  {names['nightly']:<34} cron {spec.service.nightly.cron} ({spec.service.nightly.timezone})",
              f"  {names['on-new-data']:<34} on alignflow.dataset.updated for datasets {spec.name}/*",
+             f"  {names['sweep']:<34} by hand: a grid of settings, only the best candidate shipped",
              f"  {names['watch']:<34} every {spec.service.watch.interval_seconds:g}s, "
              f"{len(spec.service.watch.sources)} watched source(s)"]
     lines += [f"  removed {name} (the pipeline's deployment under an earlier name)" for name in removed]

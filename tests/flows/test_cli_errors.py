@@ -30,6 +30,7 @@ def bad_calls(tmp: Path) -> dict[tuple[str, ...], list[str]]:
         ("run",): ["run", str(spec), "--store", str(tmp / "store")],
         ("demo",): ["demo", "--set", "stages.sft.epochs=-1", "--store", str(tmp / "store")],
         ("plan",): ["plan", str(spec), "--store", str(tmp / "store")],
+        ("sweep",): ["sweep", str(spec), "--grid", "stages.sft.epochs", "--store", str(tmp / "store")],
         ("artifacts", "ls"): ["artifacts", "--store", MISSING, "ls"],
         ("artifacts", "show"): ["artifacts", "--store", MISSING, "show", "demo/sft@1"],
         ("artifacts", "get"): ["artifacts", "--store", MISSING, "get", "demo/sft", str(tmp / "out")],

@@ -256,7 +256,7 @@ service: {{nightly: {{cron: "30 3 * * *", timezone: Europe/Paris}}}}
 
 
 def test_a_second_pipeline_deploys_beside_the_first_triggers_alone_and_undeploys_alone(service):
-    """Pipeline svc2 on the same server: its own four deployments, schedule and trigger; new data for svc2
+    """Pipeline svc2 on the same server: its own five deployments, schedule and trigger; new data for svc2
     starts svc2 only; undeploying svc2 leaves svc whole."""
     spec = write_spec(service["home"] / "svc2.yaml", SECOND.format(store=service["home"] / "store"))
     deployed = run_cli("deploy", str(spec))
@@ -290,7 +290,8 @@ def test_a_second_pipeline_deploys_beside_the_first_triggers_alone_and_undeploys
     assert again.code == 2 and "has no deployments" in again.stderr and "deployed there: svc" in again.stderr
 
 
-SVC_DEPLOYMENTS = ("post-train/svc", "post-train/svc:nightly", "post-train/svc:on-new-data", "watch-data/svc")
+SVC_DEPLOYMENTS = ("post-train/svc", "post-train/svc:nightly", "post-train/svc:on-new-data", "sweep/svc",
+                   "watch-data/svc")
 
 
 def test_the_nightly_schedule_is_on_the_server_and_a_manual_run_completes_from_the_cache(service):
