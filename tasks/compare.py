@@ -178,8 +178,9 @@ def compare(run: RunContext, candidate: ArtifactRef, production: ArtifactRef, ju
 
 
 def judge_access(run: RunContext, judge_model: ArtifactRef | None, config: CompareStage, serving, logger):
-    """(url, model name, api key) of the judge: `url` as configured, or a scratch vLLM server for
-    `judge_model`, stopped on the way out."""
+    """(url, model name, api key) of the judge: `url` as configured, or a scratch server for `judge_model`
+    (deploy's engine and serve env; the judge's own context length, not the candidate's), stopped on the way
+    out."""
     import contextlib
 
     @contextlib.contextmanager
@@ -191,8 +192,9 @@ def judge_access(run: RunContext, judge_model: ArtifactRef | None, config: Compa
         from serving.lifecycle import stop_server
         from serving.settings import Settings
 
-        settings = serving.deploy if serving and serving.deploy else Settings()
-        record = rollout.start_server(run, judge_model, settings.scratch(), logger)
+        deploy = serving.deploy if serving and serving.deploy else Settings()
+        settings = Settings(engine=deploy.engine, python=deploy.python, start_timeout=deploy.start_timeout)
+        record = rollout.start_server(run, judge_model, settings.scratch(), logger)  # the judge's own context
         try:
             yield record.endpoint, record.served_name, None
         finally:

@@ -35,7 +35,8 @@ ALIGNFLOW = str(Path(sys.executable).parent / "alignflow")
 # alone at the end; the order is from CI's durations, and a file not listed keeps its place after them.
 LONGEST_FIRST = ["test_demo_pipeline.py", "test_service.py", "test_real_model.py", "test_ray_training.py",
                  "test_s3_store.py",
-                 "test_flow_behaviour.py", "test_quality_trend.py", "test_data_pipeline.py", "test_adapter_serving.py",
+                 "test_flow_behaviour.py", "test_compare.py", "test_quality_trend.py", "test_sweep.py",
+                 "test_data_pipeline.py", "test_adapter_serving.py",
                  "test_reward_model_at_work.py", "test_trainers.py", "test_serving.py", "test_deploy_stores.py",
                  "test_evaluation_sets.py", "test_store_commands.py", "test_prefect_api.py",
                  "test_trainer_resume.py"]

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from alignflow.errors import ConfigError
 from alignflow.processes import free_port
 from flows.preflight import source_problems, store_problems
 from tasks.trl_args import config_fields, unknown_args
@@ -127,3 +128,17 @@ def test_plan_of_a_data_only_pipeline_checks_training_data_after_the_eval_split(
     assert "memory: no stage of this spec loads the model" in result.stdout
     # the sft split is checked against the eval split's rows (contamination): its key waits for them
     assert "convert_dataset[sft]   would run  (after convert_dataset[eval])" in result.stdout
+
+
+def test_a_judge_that_is_not_there_is_named_before_any_work(tmp_path):
+    from flows.spec import parse_spec
+
+    raw = {"name": "p", "model": "builtin://tiny-qwen2", "store": str(tmp_path / "store"),
+           "data": {"sft": "builtin://reverse/sft", "eval": "builtin://reverse/eval"},
+           "stages": {"sft": {}, "evaluate": {"engine": "llm_ckpt"},
+                      "compare": {"judge": str(tmp_path / "no-such-judge")}}}
+    with pytest.raises(ConfigError) as error:
+        parse_spec(raw, before_work=True)
+    assert any(p.startswith("stages.compare.judge: ") and "no-such-judge" in p for p in error.value.problems)
+    raw["stages"]["compare"] = {"judge": "gpt-4o", "url": "https://api.example.com/v1"}  # someone else serves it
+    assert parse_spec(raw, before_work=True).stages.compare.url

@@ -43,6 +43,7 @@ def test_a_served_judge_rules_on_both_orders_and_the_gate_rejects_on_the_win_rat
     versus = second.summary["scores"]["vs_production"]
     assert versus["wins"] + versus["ties"] + versus["losses"] + versus["unjudged"] == 6
     assert "min_win_rate_vs_production 1.000" in second.stdout and "win/tie/loss" in second.stdout
+    assert "LLM judge vs production: win " in second.stdout
 
     store = open_store(str(store_dir))
     report = store.ref("versus/compare-candidate")

@@ -327,6 +327,24 @@ def test_a_run_from_the_form_with_beta_changed_reruns_only_dpo_onwards(service):
         service["form_run"] = run.id
 
 
+def test_a_sweep_from_its_form_runs_each_point_and_shows_the_comparison(service):
+    """sweep/svc with the grid its form takes: both points run as child runs on the worker (the form test's
+    beta and the spec's own, so from the cache), the best replays and ships, and the comparison is shown."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with api(service) as client:
+        sweep = deployment(client, "sweep/svc")
+        assert {"spec", "grid"} <= set(sweep.parameter_openapi_schema["properties"])
+        beta = deployment(client, "post-train/svc").parameters["spec"]["stages"]["dpo"]["beta"]
+        run = client.create_flow_run_from_deployment(sweep.id, parameters={"grid": {"stages.dpo.beta": [beta, 0.25]}})
+        run = wait_final(client, run.id)
+        assert run.state.is_completed(), run.state
+        assert run.name == "svc · sweep"
+        [shown] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["svc-sweep"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    assert shown.data.count("| beta=") == 2 and "(winner)" in shown.data and "Shipped: beta=" in shown.data
+
+
 def test_a_bad_value_from_the_form_is_refused_before_any_work(service):
     from prefect.exceptions import PrefectHTTPStatusError
 
