@@ -98,15 +98,17 @@ def service(s3_server, receiver, tmp_path_factory):
         CustomWebhookNotificationBlock(name="svc-alerts", url=receiver,
                                        json_data={"subject": "{{subject}}", "text": "{{body}}"}).save(
             "svc-alerts", overwrite=True)
-    deployed = run_cli("deploy", str(spec))
-    assert deployed.code == 0, deployed.output
-    yield info
-    down = run_cli("server", "down")
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    try:  # a failed deploy still stops the server and worker started above
+        deployed = run_cli("deploy", str(spec))
+        assert deployed.code == 0, deployed.output
+        yield info
+    finally:
+        down = run_cli("server", "down")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     assert down.code == 0, down.output
 
 
