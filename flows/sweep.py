@@ -87,7 +87,8 @@ def cost(summary: dict) -> float:
 
 
 def best(results: list[dict]) -> Optional[dict]:
-    """The held child with the highest primary score; a tie goes to the one whose stages ran for less."""
+    """The held child with the highest primary score; a tie goes to the one whose stages ran for less, then to
+    the earlier point."""
     held = [r for r in results if r["status"] == HELD]
     return max(held, key=lambda r: (r["score"], -r["seconds"]), default=None)
 
