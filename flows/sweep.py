@@ -94,13 +94,14 @@ def best(results: list[dict]) -> Optional[dict]:
 
 
 def result_row(point: dict, summary: dict | None, error: str | None = None) -> dict:
-    scores = (summary or {}).get("scores") or {}
-    return {"point": point, "label": label(point), "status": error and "failed" or summary["status"],
-            "model": (summary or {}).get("model"),
-            "score": scores.get("candidate"), "sets": {name: pair["candidate"]
-                                                       for name, pair in scores.get("sets", {}).items()},
-            "seconds": cost(summary or {}), "reasons": [error] if error else (summary or {}).get("reasons", []),
-            "steps": [{"stage": row["stage"], "status": row["status"]} for row in (summary or {}).get("steps", [])]}
+    """What the comparison shows of one child: its summary's status, scores and cost, or how it failed."""
+    summary = summary or {}
+    scores = summary.get("scores") or {}
+    return {"point": point, "label": label(point), "status": "failed" if error else summary["status"],
+            "model": summary.get("model"), "score": scores.get("candidate"),
+            "sets": {name: pair["candidate"] for name, pair in scores.get("sets", {}).items()},
+            "seconds": cost(summary), "reasons": [error] if error else summary.get("reasons", []),
+            "steps": [{"stage": row["stage"], "status": row["status"]} for row in summary.get("steps", [])]}
 
 
 def sweep_run_name() -> str:
@@ -132,7 +133,7 @@ def sweep(spec: PipelineSpec, grid: Optional[dict[str, list]] = None) -> dict:
     shipped = None
     if winner is not None:
         shipped = post_train.with_options(flow_run_name=f"{spec.name} · sweep winner {winner['label']}")(
-            dict(children[results.index(winner)][1].to_dict()))
+            children[results.index(winner)][1].to_dict())
         winner["shipped"] = shipped["status"]
     outcome = {"name": spec.name, "grid": grid, "results": results, "winner": winner and winner["label"],
                "shipped": shipped}

@@ -92,3 +92,11 @@ def test_the_command_checks_every_point_before_any_work(tmp_path):
     result = run_cli("sweep", str(spec), "--grid", "stages.sft.epochs=1,-1")
     assert result.code == 2 and "epochs=-1" in result.stderr, result.output
     assert not (tmp_path / "store").exists()
+
+
+def test_a_child_that_failed_is_a_row_that_says_why_and_never_wins():
+    from flows.sweep import result_row
+
+    failed = result_row({"stages.dpo.beta": 0.2}, None, "Failed: train_dpo ran out of memory")
+    assert failed["status"] == "failed" and failed["score"] is None and failed["seconds"] == 0
+    assert failed["reasons"] == ["Failed: train_dpo ran out of memory"] and best([failed]) is None
