@@ -1,8 +1,8 @@
 """The candidate judged against production by an LLM judge that alignflow serves itself (SmolLM2-135M on
-vLLM, its verdict held to EvalScope's JSON schema: what is tested is the plumbing, the position swap and the statistics, not the judge's wisdom). The
-first run has nothing in production and promotes; the second trains another candidate, evaluates the
-production model on the same questions, has the judge rule on each pair in both orders, and the gate
-rejects it on min_win_rate_vs_production."""
+vLLM, its verdict held to EvalScope's JSON schema: what is tested is the plumbing, the position swap and
+the statistics, not the judge's wisdom). The first run has nothing in production and promotes; the second
+trains another candidate, evaluates the production model on the same questions, has the judge rule on
+each pair in both orders, and the gate rejects it on min_win_rate_vs_production."""
 
 from __future__ import annotations
 
