@@ -151,13 +151,13 @@ def compare_with_production(steps: Steps, run: RunContext, spec: PipelineSpec, m
     evaluated = store.manifest(production.digest).get("lineage", {}).get("inputs", {}).get("model")
     if evaluated is None or evaluated["digest"] == model.digest:
         return None
-    qa = stages.evaluate.model_copy(update={"sets": [], "primary": "qa"})
+    qa, scratch = stages.evaluate.model_copy(update={"sets": [], "primary": "qa"}), Serving(stages.deploy, False)
     answers = steps.run(evaluate, run, store.ref(evaluated["name"], evaluated["version"]), data["eval"], qa,
-                        "production", {}, Serving(stages.deploy, False), label="evaluate[production]")
+                        "production", {}, scratch, label="evaluate[production]")
     judge_model = None if stages.compare.url else steps.run(
         download_model, run, stages.compare.judge, source_fingerprint(stages.compare.judge), spec.model_dtype,
         "judge-model", label="download_model[judge]")
-    return steps.run(compare, run, report, answers, judge_model, stages.compare, Serving(stages.deploy, False))
+    return steps.run(compare, run, report, answers, judge_model, stages.compare, scratch)
 
 
 def check_quantization(steps: Steps, run: RunContext, stages, unquantized: ArtifactRef, quantized: ArtifactRef,

@@ -175,7 +175,7 @@ def render(summary: dict) -> str:
                        "SFT policy")
         if "vs_production" in scores:
             versus = scores["vs_production"]
-            low, high = versus["win_rate_ci"] or (0, 0)
+            low, high = versus["win_rate_ci"]
             out.append(f"LLM judge vs production: win {versus['wins']} / tie {versus['ties']} / loss "
                        f"{versus['losses']} ({versus['unjudged']} unjudged): win rate {versus['win_rate']:.3f} "
                        f"[{low:.2f}, {high:.2f}], length-controlled {versus['lc_win_rate']:.3f}")

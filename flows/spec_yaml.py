@@ -133,19 +133,28 @@ def _count_values(value, limit: int, count: int = 0) -> int:
 def apply_override(raw: dict, item: str) -> None:
     """`apply_override(d, "stages.dpo.beta=0.2")` sets d["stages"]["dpo"]["beta"] = 0.2 (YAML-typed). A
     section written without settings (`gate:` in YAML, so None) becomes a mapping that holds the value."""
-    import yaml
-
     key, sep, value = item.partition("=")
-    parts = key.split(".")
-    if not sep or not all(parts):
+    if not sep or not all(key.split(".")):
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. --set stages.dpo.beta=0.2",
                           "command line")
+    set_field(raw, key, override_value(key, value))
+
+
+def override_value(key: str, value: str, flag: str = "--set"):
+    """A command-line value read as YAML, or a ConfigError saying how to quote it."""
+    import yaml
+
     try:
-        parsed = read_yaml(value)
+        return read_yaml(value)
     except yaml.YAMLError as exc:
         why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"--set {key}: the value is not valid YAML ({why}); quote it, e.g. "
-                          f"--set '{key}=\"...\"'", "command line") from exc
+        raise ConfigError(f"{flag} {key}: the value is not valid YAML ({why}); quote it, e.g. "
+                          f"{flag} '{key}=\"...\"'", "command line") from exc
+
+
+def set_field(raw: dict, key: str, value, flag: str = "--set") -> None:
+    """raw[a][b][c] = value for the dotted `key` a.b.c, making the mappings on the way (see apply_override)."""
+    parts = key.split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -153,7 +162,7 @@ def apply_override(raw: dict, item: str) -> None:
             child = node[part] = {}
         elif not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"--set {key}: {where} is {type(child).__name__}, not a mapping; set {where} "
+            raise ConfigError(f"{flag} {key}: {where} is {type(child).__name__}, not a mapping; set {where} "
                               "itself", "command line")
         node = child
-    node[parts[-1]] = parsed
+    node[parts[-1]] = value

@@ -15,7 +15,6 @@ same compare-and-swap as any run. The comparison is a table and a chart on the s
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger
@@ -25,7 +24,6 @@ from flows.runner import RunStatus
 from flows.spec import PipelineSpec, parse_spec
 
 HELD = RunStatus.HELD
-
 
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -38,25 +36,33 @@ def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
 
 def parse_grid(items: list[str]) -> dict[str, list]:
     """`--grid KEY=V1,V2,...` (each value read as YAML) -> {KEY: [V1, V2, ...]}."""
-    from flows.spec_yaml import read_yaml
+    from flows.spec_yaml import override_value
 
     grid, problems = {}, []
     for item in items:
         key, sep, values = item.partition("=")
         parts = [v.strip() for v in values.split(",")]
-        if not sep or not key or not all(parts):
+        if not sep or not all(key.split(".")) or not all(parts):
             problems.append(f"--grid {item!r}: expected KEY=V1,V2,... e.g. --grid stages.dpo.beta=0.05,0.1,0.2")
             continue
-        grid[key] = [read_yaml(v) for v in parts]
+        try:
+            grid[key] = [override_value(key, v, "--grid") for v in parts]
+        except ConfigError as exc:
+            problems += exc.problems
     if problems:
         raise ConfigError(problems, "command line")
     return grid
 
 
+def sweep_grid(spec: PipelineSpec, grid: dict[str, list] | None) -> dict[str, list]:
+    """The spec's sweep.grid with `grid` (the command line's, or the form's) over it, key by key."""
+    return {**(spec.sweep.grid if spec.sweep else {}), **(grid or {})}
+
+
 def child_specs(spec: PipelineSpec, grid: dict[str, list]) -> list[tuple[dict, PipelineSpec]]:
     """(point, the spec with the point's settings) for each point; one ConfigError naming every point whose
     spec is not valid, and why."""
-    from flows.spec_yaml import apply_override
+    from flows.spec_yaml import set_field
 
     if not grid:
         raise ConfigError("nothing to sweep: give --grid KEY=V1,V2,... or sweep.grid in the spec", "sweep")
@@ -68,7 +74,7 @@ def child_specs(spec: PipelineSpec, grid: dict[str, list]) -> list[tuple[dict, P
         raw = dict(spec.to_dict(), sweep=None)
         try:
             for key, value in point.items():
-                apply_override(raw, f"{key}={json.dumps(value)}")
+                set_field(raw, key, value, "sweep.grid")
             children.append((point, parse_spec(raw, source=label(point))))
         except ConfigError as exc:
             problems += [f"{label(point)}: {p}" for p in exc.problems]
@@ -117,7 +123,7 @@ def sweep(spec: PipelineSpec, grid: Optional[dict[str, list]] = None) -> dict:
     from flows.post_train import post_train
 
     spec = parse_spec(spec, before_work=True)
-    grid = {**(spec.sweep.grid if spec.sweep else {}), **(grid or {})}
+    grid = sweep_grid(spec, grid)
     children, logger, results = child_specs(spec, grid), get_run_logger(), []
     logger.info("sweep %s: %d points of %s", spec.name, len(children), ", ".join(grid))
     for point, child in children:

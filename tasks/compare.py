@@ -62,7 +62,7 @@ class CompareStage(StageConfig):
 
 def questions_and_answers(report: Path) -> dict[int, tuple[str, str]]:
     """index -> (question, answer) of the qa set's predictions in an evaluate report's folder."""
-    from tasks.degeneracy import answer_text
+    from tasks.degeneracy import answer_text, content_text
 
     found = {}
     for path in sorted((report / "qa").glob("predictions-*.jsonl")):
@@ -70,14 +70,8 @@ def questions_and_answers(report: Path) -> dict[int, tuple[str, str]]:
             for line in filter(str.strip, f):
                 row = json.loads(line)
                 users = [m for m in row.get("messages") or [] if m.get("role") == "user"]
-                found[int(row["index"])] = (text_of(users[-1]["content"]) if users else "", answer_text(row))
+                found[int(row["index"])] = (content_text(users[-1]["content"]) if users else "", answer_text(row))
     return found
-
-
-def text_of(content) -> str:
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content)
 
 
 def pairs(candidate: Path, production: Path, limit: int | None) -> list[dict]:

@@ -82,7 +82,11 @@ def empty_answers(predictions: list[Path]) -> str | None:
 def answer_text(row: dict) -> str:
     """The text of an EvalScope prediction record's first choice."""
     choices = (row.get("model_output") or {}).get("choices") or [{}]
-    content = (choices[0].get("message") or {}).get("content") or ""
+    return content_text((choices[0].get("message") or {}).get("content") or "")
+
+
+def content_text(content) -> str:
+    """A chat message's content as text: a string as it is, a list of parts by their text parts."""
     if isinstance(content, list):
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return str(content)

@@ -98,11 +98,9 @@ def versus_production(compared: dict | None, minimum: float | None) -> list[str]
     """The LLM judge's length-controlled win rate against production, below `minimum`."""
     if minimum is None or compared is None:
         return []
-    rate, counts = compared.get("lc_win_rate"), (f"win/tie/loss {compared['wins']}/{compared['ties']}/"
-                                                 f"{compared['losses']}, {compared['unjudged']} unjudged")
-    if rate is None:
-        return [f"win rate over production was not measured: the judge ruled on no prompt ({counts}); "
-                f"min_win_rate_vs_production is {minimum:.3f}"]
+    rate = compared["lc_win_rate"]  # always measured: compare fails when the judge rules on no prompt
+    counts = (f"win/tie/loss {compared['wins']}/{compared['ties']}/{compared['losses']}, "
+              f"{compared['unjudged']} unjudged")
     if rate < minimum:
         return [f"length-controlled win rate over production {rate:.3f} ({counts}) is below "
                 f"min_win_rate_vs_production {minimum:.3f}"]

@@ -82,10 +82,10 @@ def cmd_sweep(args) -> int:
     """Exit 0 when the best candidate shipped, 3 when no point's candidate passed its gate, 4 when the
     winner lost the race for production to another run."""
     from flows.runner import EXIT_CODES
-    from flows.sweep import child_specs, parse_grid, render, run_sweep
+    from flows.sweep import child_specs, parse_grid, render, run_sweep, sweep_grid
 
     spec = checked_spec(args)
-    grid = {**(spec.sweep.grid if spec.sweep else {}), **parse_grid(args.grid)}
+    grid = sweep_grid(spec, parse_grid(args.grid))
     child_specs(spec, grid)  # every point's spec checked before any work
     quiet_prefect()
     from alignflow.service.server import prefect_api

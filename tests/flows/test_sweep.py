@@ -7,6 +7,8 @@ import base64
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alignflow.errors import ConfigError
 from flows.spec import parse_spec
@@ -31,6 +33,32 @@ def test_the_grid_is_every_combination_read_as_yaml():
 def test_a_grid_without_values_is_refused_with_the_form_it_takes(item):
     with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
         parse_grid([item])
+
+
+def test_a_grid_value_that_is_not_yaml_is_named_with_how_to_quote_it():
+    with pytest.raises(ConfigError) as error:
+        parse_grid(["stages.dpo.beta=[0.1,0.2", "stages.sft.epochs=1,2"])
+    [problem] = error.value.problems
+    assert problem.startswith("--grid stages.dpo.beta: the value is not valid YAML") and "quote it" in problem
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=30), max_size=4))
+def test_any_grid_arguments_parse_or_are_one_config_error(items):
+    try:
+        grid = parse_grid(items)
+    except ConfigError as exc:
+        assert exc.problems and all(p.startswith("--grid ") for p in exc.problems)
+    else:
+        assert all(values for values in grid.values())
+
+
+def test_a_value_of_any_yaml_type_reaches_the_child_spec_as_it_was_read():
+    spec = parse_spec(SPEC)
+    with pytest.raises(ConfigError, match="stages.dpo.beta"):  # a date is no beta, and says so
+        child_specs(spec, parse_grid(["stages.dpo.beta=2020-01-01"]))
+    with pytest.raises(ConfigError, match="sweep.grid stages.dpo.beta.x: stages.dpo.beta is float"):
+        child_specs(spec, {"stages.dpo.beta.x": [1]})
 
 
 def test_each_point_is_the_spec_with_its_settings_and_no_grid():
